@@ -1,0 +1,63 @@
+"""Errors that map to the CLI's exit codes (see ARCHITECTURE.md)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+EXIT_PASS = 0
+EXIT_NOT_ALL_PASSED = 1
+EXIT_USAGE = 2
+EXIT_INFRA = 3
+
+
+class VmharnessError(Exception):
+    """Base of every error vmharness reports to the user without a traceback."""
+
+    exit_code = EXIT_INFRA
+    hint: str | None = None
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        if hint is not None:
+            self.hint = hint
+
+
+class SpecError(VmharnessError):
+    """Bad user input: a spec, recipe, known-failures or conditions file. Exit 2.
+
+    Carries where the problem is so the message can name file, line and field.
+    """
+
+    exit_code = EXIT_USAGE
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | Path | None = None,
+        line: int | None = None,
+        field: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        self.file = str(file) if file is not None else None
+        self.line = line
+        self.field = field
+        self.detail = message
+        where = ""
+        if self.file:
+            where = self.file + (f":{line}" if line else "")
+        if field:
+            where = f"{where}: field '{field}'" if where else f"field '{field}'"
+        super().__init__(f"{where}: {message}" if where else message, hint=hint)
+
+
+class UsageError(VmharnessError):
+    """Wrong command-line use. Exit 2."""
+
+    exit_code = EXIT_USAGE
+
+
+class InfraError(VmharnessError):
+    """Something outside the tests failed (qemu missing, mirror down, schedd unreachable). Exit 3."""
+
+    exit_code = EXIT_INFRA

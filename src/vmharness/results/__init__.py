@@ -1,0 +1,1 @@
+"""Test results: log parsers (osg-test, JUnit, TAP, exit code) and run classification."""
