@@ -1,0 +1,254 @@
+"""Reports: terminal summary, HTML matrix, JUnit XML, JSON, and comparison with a previous run.
+
+Owns: turning finished (or partly finished) runs into things people and CI systems read. Input is a
+`ReportInput`: the spec's `Run`s, each with its `RunResult` or None while it has not finished.
+Nothing here reads the run database or logs; `vmharness report` builds the `ReportInput` and calls
+`write_all`.
+
+Every string that came from a guest (failure messages, reasons, versions, host names) is treated as
+untrusted: control characters are stripped, lengths are capped for display, and the HTML is
+rendered with autoescaping (and the page's script only ever uses textContent).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import quote
+
+from vmharness.results.model import PASSING, STATUSES, RunResult
+from vmharness.spec import Run
+
+PENDING = "pending"
+# Display order of statuses everywhere (tables, legend, totals).
+STATUS_ORDER: tuple[str, ...] = (*STATUSES, PENDING)
+
+# (background, text) colour per status, shared by the HTML page, its legend and the tests that
+# check a screenshot. Chosen to be distinct hues; text colour keeps contrast on each.
+STATUS_COLOURS: dict[str, tuple[str, str]] = {
+    "pass": ("#2f9e44", "#ffffff"),
+    "fail": ("#e03131", "#ffffff"),
+    "install": ("#7048e8", "#ffffff"),
+    "update": ("#f08c00", "#1a1a1a"),
+    "cleanup": ("#fcc419", "#1a1a1a"),
+    "ignore": ("#8ce99a", "#1a1a1a"),
+    "timeout": ("#1971c2", "#ffffff"),
+    "died": ("#343a40", "#ffffff"),
+    PENDING: ("#ced4da", "#1a1a1a"),
+}
+UNKNOWN_COLOUR = ("#adb5bd", "#1a1a1a")
+
+STATUS_DESCRIPTIONS: dict[str, str] = {
+    "pass": "every test passed",
+    "fail": "tests failed",
+    "install": "installing the packages failed",
+    "update": "upgrading the packages failed",
+    "cleanup": "only the clean-up failed",
+    "ignore": "only known failures (or clean-up)",
+    "timeout": "the run hit its time limit",
+    "died": "infrastructure: the VM or its agent did not finish",
+    PENDING: "not finished yet",
+}
+
+
+@dataclass
+class ReportInput:
+    """Everything a report shows. Entries keep the matrix order; a None result means pending."""
+
+    title: str
+    run_dir: Path
+    started: str
+    backend: str
+    entries: list[tuple[Run, RunResult | None]]
+    generated: str = ""  # ISO time the report was made; empty: now
+
+    def __post_init__(self) -> None:
+        self.run_dir = Path(self.run_dir)
+        if not self.generated:
+            self.generated = now_iso()
+
+
+@dataclass
+class Summary:
+    total: int = 0
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(STATUS_ORDER, 0))
+
+    @property
+    def passed(self) -> int:
+        return sum(self.counts.get(s, 0) for s in PASSING)
+
+    @property
+    def finished(self) -> int:
+        return self.total - self.counts.get(PENDING, 0)
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).astimezone().isoformat(timespec="seconds")
+
+
+def status_of(result: RunResult | None) -> str:
+    return PENDING if result is None else (result.status or "died")
+
+
+def is_failing(status: str) -> bool:
+    """A finished run that did not pass (pending is neither passing nor failing)."""
+    return status != PENDING and status not in PASSING
+
+
+def summarize(entries: Iterable[tuple[Run, RunResult | None]]) -> Summary:
+    summary = Summary()
+    for _run, result in entries:
+        status = status_of(result)
+        summary.total += 1
+        summary.counts[status] = summary.counts.get(status, 0) + 1
+    return summary
+
+
+def colours(status: str) -> tuple[str, str]:
+    return STATUS_COLOURS.get(status, UNKNOWN_COLOUR)
+
+
+# Characters that are not allowed in XML 1.0 / that make terminals and pages misbehave: C0
+# controls except tab and newline, DEL and C1 controls, lone surrogates, U+FFFE/U+FFFF.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufffe\uffff]")
+_ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?")
+
+
+def clean(text: object, limit: int | None = None) -> str:
+    """A display-safe string: ANSI sequences and control characters removed, CRLF -> LF, and at
+    most `limit` characters (with a note saying how much was cut)."""
+    if text is None:
+        return ""
+    s = text if isinstance(text, str) else str(text)
+    if "\x1b" in s:
+        s = _ANSI.sub("", s)
+    if "\r" in s:
+        s = s.replace("\r\n", "\n").replace("\r", "\n")
+    s = _CONTROL.sub("", s)
+    if limit is not None and len(s) > limit:
+        cut = len(s) - limit
+        s = f"{s[:limit]}… [{cut} more characters]"
+    return s
+
+
+def one_line(text: object, limit: int) -> str:
+    """First non-empty line of `text`, cleaned and capped (for table cells and tooltips)."""
+    s = clean(text)
+    for line in s.splitlines():
+        if line.strip():
+            s = line.strip()
+            break
+    else:
+        s = s.strip()
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
+def fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h {m:02d}m"
+
+
+def run_label(run: Run, sep: str = " / ") -> str:
+    return sep.join(run.key)
+
+
+def log_href(run_dir: Path, run: Run, result: RunResult | None) -> str:
+    """A link to the run's logs for a page that lives in run_dir: relative when the logs are
+    inside run_dir (``runs/0007/``), a file:// URI otherwise, empty when there are none."""
+    raw = result.log_dir if result is not None else ""
+    if not raw:
+        default = Path(run_dir) / "runs" / run.id
+        if not default.is_dir():
+            return ""
+        raw = f"runs/{run.id}"
+    path = Path(raw)
+    if path.is_absolute():
+        try:
+            rel = path.relative_to(run_dir)
+        except ValueError:
+            return path.as_uri() + "/"
+        path = rel
+    rel_posix = path.as_posix().strip("/")
+    if not rel_posix or rel_posix == ".":
+        return "./"
+    # Percent-quoting makes every character of a relative path safe in an href (no scheme).
+    return quote(rel_posix, safe="/") + "/"
+
+
+def atomic_write(path: Path, data: str | bytes) -> Path:
+    """Write a file so readers see the old or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+REPORT_FILES = {"html": "report.html", "junit": "junit.xml", "json": "results.json"}
+
+
+def write_all(inp: ReportInput, *, previous: ReportInput | None = None) -> dict[str, Path]:
+    """Write report.html, junit.xml and results.json into inp.run_dir; returns their paths by
+    kind ("html", "junit", "json"). With `previous`, the page and the JSON carry a comparison."""
+    from vmharness.report.compare import compare
+    from vmharness.report.html import write_html
+    from vmharness.report.jsonout import write_json
+    from vmharness.report.junit import write_junit
+
+    comparison = compare(inp, previous) if previous is not None else None
+    out = inp.run_dir
+    return {
+        "html": write_html(inp, out / REPORT_FILES["html"], comparison=comparison),
+        "junit": write_junit(inp, out / REPORT_FILES["junit"]),
+        "json": write_json(inp, out / REPORT_FILES["json"], comparison=comparison),
+    }
+
+
+# Public API re-exported here; imported last because these modules import the helpers above.
+from vmharness.report.compare import Change, Comparison, compare  # noqa: E402
+from vmharness.report.html import render_html, write_html  # noqa: E402
+from vmharness.report.jsonout import read_json, to_json, write_json  # noqa: E402
+from vmharness.report.junit import junit_tree, write_junit  # noqa: E402
+from vmharness.report.terminal import render_terminal  # noqa: E402
+
+__all__ = [
+    "PENDING",
+    "REPORT_FILES",
+    "STATUS_COLOURS",
+    "STATUS_ORDER",
+    "Change",
+    "Comparison",
+    "ReportInput",
+    "Summary",
+    "compare",
+    "junit_tree",
+    "read_json",
+    "render_html",
+    "render_terminal",
+    "summarize",
+    "to_json",
+    "write_all",
+    "write_html",
+    "write_json",
+    "write_junit",
+]
