@@ -373,8 +373,12 @@ class _Doc:
         fld: str | None,
         allowed: Iterable[str] | None,
         required: Iterable[str] = (),
+        at: _Node | None = None,
     ) -> dict[str, tuple[_Node, _Node]]:
-        """Keys -> (key node, value node); unknown, duplicate and missing keys are errors."""
+        """Keys -> (key node, value node); unknown, duplicate and missing keys are errors.
+
+        `at` is where a missing key is reported (the parent's key line); default the mapping.
+        """
         if not isinstance(node, yaml.MappingNode):
             raise self.error(
                 node, fld or "(top level)", f"expected a mapping (key: value), got {_kind(node)}"
@@ -401,7 +405,7 @@ class _Doc:
         for key in required:
             if key not in out:
                 sub = f"{fld}.{key}" if fld else key
-                raise self.error(node, sub, f"missing required key '{key}'")
+                raise self.error(at or node, sub, f"missing required key '{key}'")
         return out
 
 
@@ -536,7 +540,7 @@ def _read_file(path: Path, acc: _Acc) -> None:
             for name, (decl, loc) in _read_platform_map(doc, top["platform_map"][1]).items():
                 _merge_decl(acc.platform_map, name, decl, loc, doc, "platform_map")
         if "test" in top:
-            test = _read_test(doc, top["test"][1], base)
+            test = _read_test(doc, top["test"], base)
             loc = doc.loc(top["test"][0])
             if acc.test is not None and acc.test[0] != test:
                 raise doc.error(
@@ -943,8 +947,8 @@ def _read_repositories(doc: _Doc, node: _Node, acc: _Acc) -> None:
             acc.repositories[name] = (line, loc)
 
 
-def _read_test(doc: _Doc, node: _Node, base: Path) -> TestSettings:
-    m = doc.mapping(node, "test", TEST_KEYS, required=("command",))
+def _read_test(doc: _Doc, nodes: tuple[_Node, _Node], base: Path) -> TestSettings:
+    m = doc.mapping(nodes[1], "test", TEST_KEYS, required=("command",), at=nodes[0])
     command = doc.string(m["command"][1], "test.command")
     suite: Path | None = None
     if "suite" in m:
