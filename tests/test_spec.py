@@ -187,10 +187,14 @@ def test_example_spec_loads():
 def test_yaml_syntax_error_names_file_and_line(tmp_path):
     path = write(tmp_path, "bad.yaml", "platforms: [debian-12\nsources: []\n")
     err = spec_error(path)
-    assert f"{path}:2" in str(err)
+    assert_names(err, path, 2, "platforms")  # the section the broken list started in
     assert "YAML syntax error" in str(err)
-    path = write(tmp_path, "tab.yaml", "platforms: [debian-12]\n\tsources: []\n")
-    assert f"{path}:2" in str(spec_error(path))
+    path = write(tmp_path, "tab.yaml", MINIMAL.replace("  timeout: 20m", "\ttimeout: 20m"))
+    assert_names(spec_error(path), path, 17, "test")
+    path = write(tmp_path, "kf.yaml", "- [t, m, 2026-01-01, 2026-01-02\n- [x]\n")
+    with pytest.raises(SpecError) as info:
+        load_known_failures(path)
+    assert_names(info.value, path, 2, "known_failures")
 
 
 @pytest.mark.parametrize(

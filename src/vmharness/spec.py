@@ -265,10 +265,24 @@ def _close(word: str, choices: Iterable[str]) -> str | None:
     return found[0] if found else None
 
 
+_TOP_KEY_RE = re.compile(r"^([A-Za-z_][\w-]*)\s*:")
+
+
+def _section_at(text: str, line: int | None) -> str | None:
+    """The top-level key whose section holds `line` (for a syntax error's field)."""
+    if not line:
+        return None
+    for row in reversed(text.splitlines()[:line]):
+        m = _TOP_KEY_RE.match(row)
+        if m:
+            return m.group(1)
+    return None
+
+
 class _Doc:
     """One YAML file composed into nodes (which keep their line), plus typed accessors."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, default_field: str | None = None) -> None:
         self.path = path
         self.root: _Node | None = None
         try:
@@ -279,7 +293,12 @@ class _Doc:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
-            raise SpecError("the file is not UTF-8 text", file=path, line=line) from None
+            raise SpecError(
+                "the file is not UTF-8 text",
+                file=path,
+                line=line,
+                field=_section_at(data.decode("utf-8", "replace"), line) or default_field,
+            ) from None
         self.loader = _Loader(text)
         try:
             self.root = self.loader.get_single_node()
@@ -294,13 +313,20 @@ class _Doc:
                 f"YAML syntax error{col}: {what}",
                 file=path,
                 line=line,
+                field=_section_at(text, e.context_mark.line + 1 if e.context_mark else line)
+                or default_field,
                 hint="check indentation, quoting and the ':' after keys near that line",
             ) from None
         except yaml.YAMLError as e:  # ReaderError: a control character and the like
             pos = getattr(e, "position", None)
             line = text.count("\n", 0, pos) + 1 if isinstance(pos, int) else None
             reason = getattr(e, "reason", None) or str(e).splitlines()[0]
-            raise SpecError(f"YAML error: {reason}", file=path, line=line) from None
+            raise SpecError(
+                f"YAML error: {reason}",
+                file=path,
+                line=line,
+                field=_section_at(text, line) or default_field,
+            ) from None
 
     def close(self) -> None:
         self.loader.dispose()
@@ -784,7 +810,7 @@ def _load_platform_map(platform_map: Path | str | Mapping[str, Any]) -> dict[str
     path = Path(platform_map)
     if not path.is_file():
         raise SpecError("no such platform map file", file=path, field="platform_map")
-    doc = _Doc(path)
+    doc = _Doc(path, default_field="platform_map")
     try:
         if doc.root is None:
             return {}
@@ -1325,8 +1351,8 @@ def load_known_failures(path: Path | str) -> list[KnownFailure]:
     """
     path = Path(path)
     if not path.is_file():
-        raise SpecError("no such known-failures file", file=path)
-    doc = _Doc(path)
+        raise SpecError("no such known-failures file", file=path, field="known_failures")
+    doc = _Doc(path, default_field="known_failures")
     try:
         root = doc.root
         if root is None or (
