@@ -42,7 +42,8 @@ from vmharness.results.model import RunResult
 from vmharness.spec import Run
 
 TEMPLATE = "matrix.html.j2"
-MAX_MESSAGE = 1500  # characters of one failure message in the page (the logs have it all)
+MAX_MESSAGE = 1000  # characters of one failure message in the page (the logs have it all)
+MAX_RUN_MESSAGES = 6000  # characters of messages per run; later problems are listed without
 MAX_PROBLEMS = 40  # problems listed per run in the page
 MAX_REASON = 500
 MAX_FIELD = 200  # host, accelerator, version strings, ...
@@ -59,8 +60,16 @@ def css_class(status: str) -> str:
 
 
 def _wbr(text: str) -> Markup:
-    """Escape, and allow line breaks after . _ / - in long names (platform column headers)."""
-    return Markup(re.sub(r"([._/-])", r"\1<wbr>", str(escape(text))))
+    """Escape, and let long names (platform column headers) wrap: preferably after a dot (each
+    dot-separated part is an inline block), inside a part after _ / - only when it must."""
+    parts = re.split(r"(?<=\.)", text)
+    return Markup(
+        "".join(
+            '<span class="w">' + re.sub(r"([_/-])", r"\1<wbr>", str(escape(part))) + "</span>"
+            for part in parts
+            if part
+        )
+    )
 
 
 @lru_cache(maxsize=1)
@@ -73,7 +82,11 @@ def _env() -> jinja2.Environment:
         undefined=jinja2.StrictUndefined,
     )
     env.filters["wbr"] = _wbr
-    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "ensure_ascii": False}
+    env.policies["json.dumps_kwargs"] = {
+        "sort_keys": False,
+        "ensure_ascii": False,
+        "separators": (",", ":"),
+    }
     return env
 
 
@@ -146,15 +159,20 @@ def _run_data(run: Run, result: RunResult | None, href: str) -> dict:
         if len(result.versions) > MAX_VERSIONS:
             d["vn"] = len(result.versions)
     if result.problems:
-        d["pr"] = [
-            [
-                clean(p.kind, 20),
-                clean(".".join(x for x in (p.module, p.cls, p.test) if x), 300),
-                "" if p.reason in ("", "-") else clean(p.reason, MAX_FIELD),
-                clean(p.message, MAX_MESSAGE),
-            ]
-            for p in result.problems[:MAX_PROBLEMS]
-        ]
+        budget = MAX_RUN_MESSAGES
+        listed = []
+        for p in result.problems[:MAX_PROBLEMS]:
+            message = clean(p.message, min(MAX_MESSAGE, budget)) if budget > 0 else ""
+            budget -= len(message)
+            listed.append(
+                [
+                    clean(p.kind, 20),
+                    clean(".".join(x for x in (p.module, p.cls, p.test) if x), 300),
+                    "" if p.reason in ("", "-") else clean(p.reason, MAX_FIELD),
+                    message,
+                ]
+            )
+        d["pr"] = listed
         d["prn"] = len(result.problems)
     return d
 
