@@ -573,3 +573,27 @@ def test_nightly_size_page(tmp_path):
     page = render_html(inp)
     assert page.count('class="r s-') == 1564
     assert len(page) < 4_000_000
+
+
+def test_empty_and_odd_inputs(tmp_path):
+    """No runs at all, a status no one knows, a per-test TIMEOUT problem: reports, no traceback."""
+    empty = ReportInput("empty", tmp_path / "empty", "", "local", [])
+    paths = write_all(empty)
+    assert json.loads(paths["json"].read_text())["runs"] == []
+    assert ET.parse(paths["junit"]).getroot().get("tests") == "0"
+    render_terminal(empty, Console(file=io.StringIO()))
+
+    run1, run2 = make_run("0001", "p", "s", "k1"), make_run("0002", "p", "s", "k2")
+    odd = RunResult("0001", "weird", reason="?")
+    slow = RunResult(
+        "0002", "fail", problems=[Problem("m", "test_slow", "C", "TIMEOUT", "-", "alarm")]
+    )
+    inp = ReportInput("odd", tmp_path / "odd", "", "local", [(run1, odd), (run2, slow)])
+    paths = write_all(inp)
+    assert 'class="r s-unknown"' in paths["html"].read_text()
+    assert json.loads(paths["json"].read_text())["summary"]["weird"] == 1
+    suites = ET.parse(paths["junit"]).getroot().findall("testsuite")
+    assert suites[1].find("testcase/error").get("type") == "TIMEOUT"
+    buf = io.StringIO()
+    render_terminal(inp, Console(file=buf, width=160, color_system=None))
+    assert "weird" in buf.getvalue()

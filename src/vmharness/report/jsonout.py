@@ -88,6 +88,7 @@ def to_json(inp: ReportInput, *, comparison: Comparison | None = None) -> dict:
             "passed": summary.passed,
             "finished": summary.finished,
             **{s: summary.counts.get(s, 0) for s in STATUS_ORDER},
+            **{s: n for s, n in summary.counts.items() if s not in STATUS_ORDER},
         },
         "runs": [_run_dict(run, result) for run, result in inp.entries],
     }

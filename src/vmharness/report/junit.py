@@ -56,7 +56,7 @@ _OUTCOME_TAG = {
     "skip": "skipped",
     "badskip": "skipped",
 }
-_KIND_TAG = {"FAIL": "failure", "ERROR": "error", "SKIP": "skipped"}
+_KIND_TAG = {"FAIL": "failure", "ERROR": "error", "TIMEOUT": "error", "SKIP": "skipped"}
 
 
 def _testcase(parent: ET.Element, classname: str, name: str, time: float = 0.0) -> ET.Element:
