@@ -28,7 +28,7 @@ class Problem:
     module: str
     test: str
     cls: str
-    kind: str  # FAIL | ERROR | SKIP
+    kind: str  # FAIL | ERROR | SKIP | TIMEOUT (a single test's own timeout, osg-test)
     reason: str = "-"
     message: str = ""  # traceback or assertion text, for reports
 
@@ -58,6 +58,7 @@ class ParsedLog:
     alarm: bool = False  # the suite's own timeout fired ("Caught alarm:")
     complete: bool = True  # the log has its closing summary
     note: str = ""
+    timeout_test: str = ""  # with alarm: the test that was running, "test (module)", if known
 
 
 @dataclass
