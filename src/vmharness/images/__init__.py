@@ -1,0 +1,1 @@
+"""Base images (recipes, building, cache, certificates), input/output disks and extraction."""

@@ -1,0 +1,255 @@
+"""The base-image cache: content-keyed, read-only, published atomically, aged, pruned.
+
+Layout under the cache root (default ~/.cache/vmharness, or $VMHARNESS_CACHE):
+    images/<recipe>-<key12>-<built>/   one published image: disk.qcow2, vmlinuz, initrd.img,
+                                       image.json; read-only, never modified by a run
+    tmp/                               builds in progress (a crashed build leaves only this)
+    locks/<key>.lock                   one builder per key; others wait and reuse its result
+    ca/                                the test CA (its key never enters an image)
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .. import __version__
+from . import build as builder
+from .certs import HostCredentials, issue_host_cert, user_credentials
+from .recipe import Recipe
+
+# Bump when the build's output changes shape (layout, customizations) for the same inputs.
+IMAGE_FORMAT = 4
+DEFAULT_MAX_AGE_S = 7 * 24 * 3600
+
+
+def default_cache_root() -> Path:
+    env = os.environ.get("VMHARNESS_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vmharness"
+
+
+@dataclass(frozen=True)
+class BaseImage:
+    recipe: str
+    key: str
+    folder: Path
+    built_at: float
+    sha256: str  # of disk.qcow2: the content-addressed name pools and caches use
+    size_bytes: int
+    hostname: str
+    kernel_version: str
+    cmdline: str
+    apt_source: str
+    suite: str
+
+    @property
+    def disk(self) -> Path:
+        return self.folder / "disk.qcow2"
+
+    @property
+    def kernel(self) -> Path:
+        return self.folder / "vmlinuz"
+
+    @property
+    def initrd(self) -> Path:
+        return self.folder / "initrd.img"
+
+    @property
+    def content_name(self) -> str:
+        return f"{self.recipe}-{self.sha256[:16]}.qcow2"
+
+    def age_s(self, now: float | None = None) -> float:
+        return (now or time.time()) - self.built_at
+
+
+class ImageCache:
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = root or default_cache_root()
+        self.images_dir = self.root / "images"
+        self.ca_dir = self.root / "ca"
+
+    # -- keys -------------------------------------------------------------------------------
+    def credentials(self, recipe: Recipe) -> HostCredentials:
+        if recipe.cert_file and recipe.key_file:
+            return user_credentials(recipe.cert_file, recipe.key_file)
+        return issue_host_cert(self.ca_dir, recipe.hostname)
+
+    def key_for(self, recipe: Recipe, creds: HostCredentials | None = None) -> str:
+        creds = creds or self.credentials(recipe)
+        agent = hashlib.sha256()
+        for name, data in sorted(builder.agent_files().items()):
+            agent.update(name.encode() + b"\0" + data)
+        shape = {
+            "format": IMAGE_FORMAT,
+            "recipe": recipe.shape(),
+            "agent": agent.hexdigest(),
+            "credentials": creds.fingerprint(),
+            "cmdline": builder.KERNEL_CMDLINE,
+            "masked": builder.MASKED_UNITS,
+            "base_packages": builder.BASE_PACKAGES,
+        }
+        blob = json.dumps(shape, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()
+
+    # -- queries ----------------------------------------------------------------------------
+    def list(self) -> list[BaseImage]:
+        images = []
+        if self.images_dir.is_dir():
+            for folder in self.images_dir.iterdir():
+                image = self._read(folder)
+                if image:
+                    images.append(image)
+        return sorted(images, key=lambda i: (i.recipe, -i.built_at))
+
+    def lookup(self, recipe: Recipe, max_age_s: float = DEFAULT_MAX_AGE_S,
+               key: str | None = None) -> BaseImage | None:
+        """The newest published image for this recipe's key that is younger than max_age_s."""
+        key = key or self.key_for(recipe)
+        fresh = [i for i in self.list() if i.key == key and i.age_s() < max_age_s]
+        return max(fresh, key=lambda i: i.built_at) if fresh else None
+
+    def _read(self, folder: Path) -> BaseImage | None:
+        try:
+            meta = json.loads((folder / "image.json").read_text())
+            return BaseImage(folder=folder, **{k: meta[k] for k in (
+                "recipe", "key", "built_at", "sha256", "size_bytes", "hostname",
+                "kernel_version", "cmdline", "apt_source", "suite")})
+        except (OSError, ValueError, KeyError, TypeError):
+            return None  # not a complete image (or not ours): ignored, pruned later
+
+    # -- building ---------------------------------------------------------------------------
+    def get(self, recipe: Recipe, *, max_age_s: float = DEFAULT_MAX_AGE_S, rebuild: bool = False,
+            progress: builder.Progress = lambda _m: None) -> BaseImage:
+        """The cached image for the recipe, built first when missing, too old or asked for."""
+        creds = self.credentials(recipe)
+        key = self.key_for(recipe, creds)
+        if not rebuild:
+            image = self.lookup(recipe, max_age_s, key)
+            if image:
+                return image
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        started = time.time()
+        with open(lock_dir / f"{key}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                progress("another build of this image is under way; waiting for it")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            # Whoever held the lock may have just published it.
+            image = self.lookup(recipe, max_age_s, key)
+            if image and (not rebuild or image.built_at >= started):
+                return image
+            return self._build(recipe, creds, key, progress)
+
+    def _build(self, recipe: Recipe, creds: HostCredentials, key: str,
+               progress: builder.Progress) -> BaseImage:
+        builder.check_tools()
+        builder.check_mirror(recipe)
+        tmp_root = self.root / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{recipe.name}-", dir=tmp_root))
+        t0 = time.monotonic()
+        try:
+            files = builder.build(recipe, creds, workdir, builder.agent_files(), progress)
+            progress("hashing the disk for its content-addressed name")
+            digest = _sha256(files.disk)
+            built_at = time.time()
+            meta = {
+                "recipe": recipe.name, "key": key, "built_at": built_at, "sha256": digest,
+                "size_bytes": files.disk.stat().st_size, "hostname": recipe.hostname,
+                "kernel_version": files.kernel_version, "cmdline": builder.KERNEL_CMDLINE,
+                "apt_source": recipe.apt_source, "suite": recipe.suite,
+                "recipe_source": recipe.source, "vmharness": __version__,
+                "build_seconds": round(time.monotonic() - t0, 1),
+            }
+            final_files = [files.disk, files.kernel, files.initrd]
+            for leftover in workdir.iterdir():
+                if leftover not in final_files and leftover.name != "mmdebstrap.log":
+                    _remove(leftover)
+            (workdir / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
+            for path in workdir.iterdir():
+                path.chmod(0o444)  # read-only: runs use overlays, never the image itself
+            workdir.chmod(0o755)
+            self.images_dir.mkdir(parents=True, exist_ok=True)
+            stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(built_at))
+            final = self.images_dir / f"{recipe.name}-{key[:12]}-{stamp}"
+            os.rename(workdir, final)  # atomic publish: complete or absent
+        except BaseException:
+            _remove(workdir)
+            raise
+        image = self._read(final)
+        assert image is not None
+        return image
+
+    # -- pruning ----------------------------------------------------------------------------
+    def prune(self, keep: int = 1, dry_run: bool = False) -> list[Path]:
+        """Keep the newest `keep` images per recipe; remove the rest and stale build leftovers."""
+        removed: list[Path] = []
+        by_recipe: dict[str, list[BaseImage]] = {}
+        for image in self.list():
+            by_recipe.setdefault(image.recipe, []).append(image)
+        for images in by_recipe.values():
+            for image in sorted(images, key=lambda i: -i.built_at)[keep:]:
+                removed.append(image.folder)
+        if self.images_dir.is_dir():  # folders without a readable image.json
+            known = {i.folder for i in self.list()}
+            removed += [f for f in self.images_dir.iterdir() if f not in known]
+        tmp_root = self.root / "tmp"
+        if tmp_root.is_dir():
+            for leftover in tmp_root.iterdir():
+                if not _locked_build(self.root, leftover):
+                    removed.append(leftover)
+        if not dry_run:
+            for path in removed:
+                _remove(path)
+        return removed
+
+
+def _locked_build(root: Path, workdir: Path) -> bool:
+    # A build in progress holds its key's lock; leftovers older than a day are crashed builds.
+    try:
+        return time.time() - workdir.stat().st_mtime < 24 * 3600 and any(
+            _is_locked(p) for p in (root / "locks").glob("*.lock"))
+    except OSError:
+        return False
+
+
+def _is_locked(lock_path: Path) -> bool:
+    with open(lock_path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        for p in [path, *path.rglob("*")]:
+            try:
+                if p.is_dir() and not p.is_symlink():
+                    p.chmod(0o755)
+            except OSError:
+                pass
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
