@@ -21,6 +21,7 @@ from vmharness.results import (
     parse_osg_test,
     parse_results,
     parse_tap,
+    read_capped,
 )
 from vmharness.results.model import STATUSES, ParsedLog, Problem
 from vmharness.spec import KnownFailure
@@ -445,12 +446,14 @@ def test_osg_nested_unittest_output_in_a_traceback_is_message_not_problems():
     assert (parsed.counts.ok, parsed.counts.fail, parsed.counts.skip) == (3, 1, 1)
 
 
-def test_osg_log_cut_inside_a_nested_summary_is_incomplete():
+@pytest.mark.parametrize("ran, result", [(220, "OK"), (2, "FAILED (failures=1)")])
+def test_osg_log_cut_inside_a_nested_summary_is_incomplete(ran, result):
     lines = [
         *PASSING,
         line("test_02_run_unit_tests", "test_35_osg_configure", "TestOSGConfigure", "FAIL"),
     ]
-    nested_ok = NESTED.replace("FAILED (failures=1)", "OK").split("STANDARD ERROR")[0]
+    nested = NESTED.replace("FAILED (failures=1)", result).replace("Ran 220", f"Ran {ran}")
+    nested_ok = nested.split("STANDARD ERROR")[0]
     log = osg_log(
         lines,
         fail_block(
@@ -478,6 +481,25 @@ def test_osg_a_later_block_proves_an_earlier_summary_nested():
     assert [p.test for p in parsed.problems] == ["test_1", "test_2"]
     assert parsed.problems[0].message == nested
     assert parsed.counts.ok == 3
+
+
+@pytest.mark.parametrize("then", ["block", "list"])
+def test_osg_log_cut_after_a_nested_summary_and_more_is_incomplete(then):
+    lines = [
+        *PASSING,
+        line("test_1", "test_5_m", "TestM", "FAIL"),
+        line("test_2", "test_5_m", "TestM", "BADSKIP" if then == "list" else "FAIL"),
+    ]
+    nested = f"output\n{SEP2}\nRan 900 tests in 1s\n\nFAILED (failures=1)\nmore output"
+    blocks = fail_block("FAIL", "test_1", "test_5_m", "TestM", nested)
+    if then == "block":
+        blocks += fail_block("FAIL", "test_2", "test_5_m", "TestM", "cut here")
+    else:
+        blocks += f"{SEP1}\nBAD SKIPS:\n{SEP2}\ntest_2 (osgtest.tests.test_5_m.TestM) why\n"
+    parsed = parse_osg_test(osg_log(lines, blocks))  # no summary of its own
+    assert not parsed.complete
+    assert parsed.problems[0].message == nested
+    assert status_of(parsed)[0] == "fail"
 
 
 def test_osg_interleaved_output_and_wrapped_lines():
@@ -542,7 +564,35 @@ def test_python3_unittest_verbose_output():
     ]
     assert parsed.tests[2].message == "no network"
     assert [str(p) for p in parsed.problems] == ["test_web|test_b|TestLogin|FAIL|-"]
-    assert "AssertionError: 1 != 2" in parsed.problems[0].message
+    assert parsed.problems[0].message == "AssertionError: 1 != 2"
+    assert parsed.complete
+
+
+def test_unittest_fixture_errors_without_test_lines_are_problems():
+    log = textwrap.dedent(f"""\
+        test_a (tests.test_db.TestDB.test_a) ... FAIL
+
+        {SEP1}
+        FAIL: test_a (tests.test_db.TestDB.test_a)
+        {SEP2}
+        AssertionError: a
+        {SEP1}
+        ERROR: setUpClass (tests.test_db.TestCache)
+        {SEP2}
+        ConnectionError: no database
+
+        {SEP2}
+        Ran 1 test in 0.002s
+
+        FAILED (failures=1, errors=1)
+        """)
+    parsed = parse_osg_test(log)
+    assert [str(p) for p in parsed.problems] == [
+        "test_db|test_a|TestDB|FAIL|-",
+        "test_db|setUpClass|TestCache|ERROR|-",
+    ]
+    assert parsed.problems[0].message == "AssertionError: a"
+    assert parsed.problems[1].message == "ConnectionError: no database"
     assert parsed.complete
 
 
@@ -851,6 +901,14 @@ def test_parse_results_auto_merges_junit_and_prefers_it(tmp_path):
     parsed = parse_results(tmp_path, "auto", None)
     assert parsed is not None and parsed.format == "junit"
     assert parsed.counts.ok == 3 and len(parsed.problems) == 2
+    assert [t.name for t in parsed.tests] == [
+        "test_ok",
+        "test_fail",
+        "test_error",
+        "test_skip",
+        "test_deep",
+        "z",
+    ]
 
 
 def test_parse_results_named_file_and_explicit_format(tmp_path):
@@ -891,9 +949,21 @@ def test_parse_results_never_leaves_the_test_folder(tmp_path, name):
     (test_dir / "link.xml").symlink_to(outside / "x.xml")
     parsed = parse_results(test_dir, "junit", name)
     assert parsed is not None and not parsed.complete and not parsed.tests
+    why = "leads outside" if "link" in name else "relative path inside"
+    assert why in parsed.note
     assert status_of(parsed)[0] == "fail"
     # Auto mode does not follow the symlinks either.
     assert parse_results(test_dir, "auto", None) is None
+
+
+def test_read_capped_refuses_a_symlink_even_inside_the_folder(tmp_path):
+    (tmp_path / "real.log").write_text("ok 1\n1..1\n")
+    (tmp_path / "link.log").symlink_to(tmp_path / "real.log")
+    assert read_capped(tmp_path / "real.log") == (b"ok 1\n1..1\n", False)
+    with pytest.raises(ResultFormatError, match="symlink"):
+        read_capped(tmp_path / "link.log")
+    parsed = parse_results(tmp_path, "tap", "link.log")
+    assert parsed is not None and not parsed.complete and "symlink" in parsed.note
 
 
 def test_parse_results_skips_fifos_and_caps_size(tmp_path):

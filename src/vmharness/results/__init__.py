@@ -183,9 +183,8 @@ def _parse_named(test_dir: Path, format: str, results_file: str, max_bytes: int)
     rel = PurePosixPath(results_file)
     fallback = format if format != "auto" else "exit-code"
     if rel.is_absolute() or ".." in rel.parts:
-        return _broken(
-            fallback, f"results file {results_file!r} must be a path inside the test folder"
-        )
+        why = "must be a relative path inside the test folder"
+        return _broken(fallback, f"results file {results_file!r} {why}")
     path = test_dir / rel
     try:
         inside = path.resolve().is_relative_to(test_dir.resolve())

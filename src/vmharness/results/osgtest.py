@@ -67,6 +67,7 @@ _TOKEN_ALT = "|".join(re.escape(t) for t in sorted(_TOKENS, key=len, reverse=Tru
 _KIND_OUTCOME = {"FAIL": "fail", "ERROR": "error", "TIMEOUT": "timeout"}
 _OUTCOME_KIND = {v: k for k, v in _KIND_OUTCOME.items()}
 _FAILED_OUTCOMES = ("fail", "error", "timeout")
+_FIXTURES = ("setUpClass", "tearDownClass", "setUpModule", "tearDownModule")
 
 # "name (dotted.path)": the lookbehind makes an unanchored search start only at word starts,
 # which keeps it linear on long lines of word characters.
@@ -320,7 +321,8 @@ class _Parser:
     def _accept_header(self, desc: str) -> bool:
         # A header naming a test this run printed is real. One naming another test is real only
         # when no traceback is being read: inside one it is the failed command's own output.
-        return desc in self.by_desc or self.block is None
+        # Class and module fixtures (setUpClass ...) fail without a per-test line of their own.
+        return desc in self.by_desc or self.block is None or desc.split(" (")[0] in _FIXTURES
 
     def _test_line(self, line: str) -> None:
         if not line.strip():
