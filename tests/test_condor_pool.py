@@ -97,6 +97,23 @@ def job_dir(pool):
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture
+def submit(pool):
+    """Submit a description to the pool's schedd, return its cluster; whatever of it is still
+    queued after the test (the test failed) is removed."""
+    schedd = htcondor.Schedd()
+    clusters: list[int] = []
+
+    def _submit(description) -> int:
+        clusters.append(schedd.submit(description).cluster())
+        return clusters[-1]
+
+    yield _submit
+    for cluster in clusters:
+        if schedd.query(f"ClusterId == {cluster}", projection=["ProcId"]):
+            schedd.act(htcondor.JobAction.Remove, f"ClusterId == {cluster}")
+
+
 def _wait_for_terminate(log: Path, cluster: int, timeout: float) -> object:
     """The terminate event of CLUSTER.0 from its event log, or fail after TIMEOUT seconds."""
     deadline = time.monotonic() + timeout
@@ -133,13 +150,13 @@ def test_up_twice_is_fine(pool):
     assert "already up" in again.stderr
 
 
-def test_vanilla_job_runs_and_returns_output(pool, job_dir, figures):
+def test_vanilla_job_runs_and_returns_output(pool, submit, job_dir, figures):
     (job_dir / "in.txt").write_text("payload\n")
     script = job_dir / "job.sh"
     script.write_text('#!/bin/sh\necho "ran as $(id -un)"\ncat in.txt\necho made > result.txt\n')
     script.chmod(0o755)
     log = job_dir / "job.log"
-    submit = htcondor.Submit(
+    description = htcondor.Submit(
         {
             "executable": str(script),
             "output": str(job_dir / "job.out"),
@@ -156,7 +173,7 @@ def test_vanilla_job_runs_and_returns_output(pool, job_dir, figures):
         }
     )
     t0 = time.monotonic()
-    cluster = htcondor.Schedd().submit(submit).cluster()
+    cluster = submit(description)
     event = _wait_for_terminate(log, cluster, timeout=120)
     _report(figures, "trivial vanilla job, submit to terminate event", time.monotonic() - t0)
 
@@ -167,7 +184,7 @@ def test_vanilla_job_runs_and_returns_output(pool, job_dir, figures):
     assert (job_dir / "result.txt").read_text() == "made\n"
 
 
-def test_two_node_dag_succeeds(pool, job_dir, figures):
+def test_two_node_dag_succeeds(pool, submit, job_dir, figures):
     dags = pytest.importorskip("htcondor2.dags")
     dag = dags.DAG()
     first = dag.layer(
@@ -199,16 +216,16 @@ def test_two_node_dag_succeeds(pool, job_dir, figures):
     cwd = os.getcwd()
     os.chdir(job_dir)  # the DAG's submit description names its files relative to here
     try:
-        submit = htcondor.Submit.from_dag(
+        description = htcondor.Submit.from_dag(
             str(dag_file),
             # The bindings (25.x) are newer than Debian's condor_dagman (23.x).
-            {"DagmanPath": DAGMAN, "AllowVersionMismatch": True},
+            {"DagmanPath": pool.get("VMHARNESS_POOL_DAGMAN", DAGMAN), "AllowVersionMismatch": True},
         )
     finally:
         os.chdir(cwd)
-    submit["initialdir"] = str(job_dir)
+    description["initialdir"] = str(job_dir)
     t0 = time.monotonic()
-    cluster = htcondor.Schedd().submit(submit).cluster()
+    cluster = submit(description)
     event = _wait_for_terminate(job_dir / "two.dag.dagman.log", cluster, timeout=180)
     _report(figures, "2-node DAG, submit to DAGMan exit", time.monotonic() - t0)
 
@@ -216,3 +233,38 @@ def test_two_node_dag_succeeds(pool, job_dir, figures):
     assert event["ReturnValue"] == 0, dagman_out[-2000:]
     assert "All jobs Completed!" in dagman_out or "EXITING WITH STATUS 0" in dagman_out
     assert (job_dir / "second.txt").read_text() == "one\ntwo\n"
+
+
+def test_execute_side_has_qemu_disk_tools_and_vmharness(pool, submit, job_dir):
+    """What a --style qemu job needs where it runs: qemu, the disk tools, and vmharness itself
+    importable by the pool's job Python (VMHARNESS_POOL_PYTHON)."""
+    python = pool["VMHARNESS_POOL_PYTHON"]
+    script = job_dir / "probe.sh"
+    script.write_text(
+        "#!/bin/sh\nset -e\n"
+        "qemu-system-x86_64 --version | head -n 1\n"
+        "qemu-img --version | head -n 1\n"
+        "command -v mke2fs debugfs mkfs.vfat mcopy\n"
+        f"{python} -c 'import vmharness.backends.local, qemu.qmp'\n"
+        "echo vmharness importable\n"
+    )
+    script.chmod(0o755)
+    log = job_dir / "probe.log"
+    cluster = submit(
+        htcondor.Submit(
+            {
+                "executable": str(script),
+                "output": str(job_dir / "probe.out"),
+                "error": str(job_dir / "probe.err"),
+                "log": str(log),
+                "should_transfer_files": "NO",
+                "request_memory": "64MB",
+            }
+        )
+    )
+    event = _wait_for_terminate(log, cluster, timeout=120)
+    out = (job_dir / "probe.out").read_text()
+    err = (job_dir / "probe.err").read_text()
+    assert event["ReturnValue"] == 0, out + err
+    assert "QEMU emulator version" in out
+    assert "vmharness importable" in out
