@@ -1,0 +1,278 @@
+"""The `vmharness` command: argument parsing and wiring only; the work is in the modules.
+
+Exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
+3 infrastructure error (no run could be done).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import EXIT_INFRA, EXIT_NOT_ALL_PASSED, EXIT_PASS, EXIT_USAGE, VmharnessError
+from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
+from .images.recipe import builtin_names, load_recipe
+from .report import to_json
+from .spec import check_platforms, expand, load_spec, parse_duration
+
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+EPILOG = """exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
+3 infrastructure error (no run could be done).
+environment: VMHARNESS_CACHE (image cache, default ~/.cache/vmharness),
+VMHARNESS_ACCEL (kvm|tcg|auto, default auto: KVM only if a probe VM boots under it)."""
+
+
+def _spec_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", type=Path, help="spec YAML file, or a folder of them (merged)")
+    p.add_argument("--platform-map", type=Path, metavar="FILE",
+                   help="YAML mapping of platform name -> recipe name/file or {image: FILE}")
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--jobs", "-j", type=int, metavar="N",
+                   help="VMs at once (default: as many as cores and memory allow)")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="automatic retries of infrastructure failures (died); default 2")
+    p.add_argument("--boot", choices=("kernel", "disk"), default="kernel",
+                   help="kernel: direct kernel boot (fast, default); disk: boot the image's own "
+                        "bootloader, as HTCondor's VM universe does")
+    p.add_argument("--max-age", default="7d", metavar="DURATION",
+                   help="rebuild a cached image older than this (default 7d)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the images first")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
+    p.add_argument("--previous", type=Path, metavar="RUNDIR",
+                   help="compare with an earlier run folder (new failures, fixed, still failing)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vmharness", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run test suites inside throw-away VMs: a matrix of OS platforms x package "
+                    "sources x package sets, locally with qemu or on an HTCondor pool.")
+    parser.add_argument("--version", action="version", version=f"vmharness {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+
+    p = cmd("run", "run every run of a spec locally with qemu, then write the reports")
+    _spec_args(p)
+    _run_args(p)
+    p.add_argument("--out", type=Path, metavar="RUNDIR",
+                   help="run folder to create (default runs/<time>-<spec name>)")
+    p.set_defaults(func=cmd_run)
+
+    p = cmd("matrix", "list the runs a spec expands to, without running anything")
+    _spec_args(p)
+    p.add_argument("--json", action="store_true", help="print the runs as JSON")
+    p.set_defaults(func=cmd_matrix)
+
+    p = cmd("resume", "finish a run folder whose vmharness was stopped (no run lost or redone)")
+    p.add_argument("rundir", type=Path)
+    _run_args(p)
+    p.set_defaults(func=cmd_resume)
+
+    p = cmd("rerun", "run chosen runs of a run folder again, on purpose")
+    p.add_argument("rundir", type=Path)
+    p.add_argument("ids", nargs="*", metavar="RUN_ID", help="run ids to rerun (e.g. 0007)")
+    p.add_argument("--failed", action="store_true", help="rerun every run that did not pass")
+    p.add_argument("--status", action="append", default=[], metavar="STATUS",
+                   help="rerun runs with this status (repeatable)")
+    _run_args(p)
+    p.set_defaults(func=cmd_rerun)
+
+    p = cmd("report", "rebuild every report of a run folder from its database and logs")
+    p.add_argument("rundir", type=Path)
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
+    p.add_argument("--previous", type=Path, metavar="RUNDIR", help="compare with this run folder")
+    p.set_defaults(func=cmd_report)
+
+    p = cmd("image", "build, list and prune cached base images")
+    isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
+    b = isub.add_parser("build", help="build (or reuse) the image of a recipe",
+                        description="Build the base image of RECIPE (a built-in name such as "
+                                    "debian-12, or a recipe YAML file) unless a fresh one is "
+                                    "cached. Needs root (mmdebstrap).")
+    b.add_argument("recipe", nargs="?", default="debian-12",
+                   help=f"built-in: {', '.join(builtin_names())}; or a recipe file")
+    b.add_argument("--rebuild", action="store_true", help="build even if a fresh one is cached")
+    b.add_argument("--max-age", default="7d", metavar="DURATION",
+                   help="a cached image older than this is rebuilt (default 7d)")
+    b.set_defaults(func=cmd_image_build)
+    lst = isub.add_parser("list", help="list cached images", description="List cached images.")
+    lst.set_defaults(func=cmd_image_list)
+    pr = isub.add_parser("prune", help="remove old images, keeping the newest N per recipe",
+                         description="Remove old images and crashed-build leftovers.")
+    pr.add_argument("--keep", type=int, default=1, metavar="N", help="newest images to keep "
+                    "per recipe (default 1)")
+    pr.add_argument("--dry-run", action="store_true", help="only show what would go")
+    pr.set_defaults(func=cmd_image_prune)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except VmharnessError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        if exc.hint:
+            err_console.print(f"[bold]what to do:[/] {exc.hint}", highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted; `vmharness resume RUNDIR` finishes a run folder")
+        return 130
+
+
+# -- commands ---------------------------------------------------------------------------------
+def _load(args: argparse.Namespace, *, need_images: bool):
+    spec = load_spec(args.spec, platform_map=args.platform_map)
+    if need_images:
+        check_platforms(spec, set(builtin_names()))
+    return spec, expand(spec)
+
+
+def _max_age(args: argparse.Namespace) -> float:
+    if getattr(args, "max_age", None) in (None, "7d"):
+        return DEFAULT_MAX_AGE_S
+    return parse_duration(args.max_age, field="--max-age")
+
+
+def _finish(folder, args: argparse.Namespace) -> int:
+    from .rundir import check_can_run
+
+    paths = folder.write_reports(console, getattr(args, "previous", None))
+    if getattr(args, "json", None):
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(paths["json"], args.json)
+    console.print(f"reports: {paths['html']}  {paths['junit']}  {paths['json']}")
+    console.print(f"logs:    {folder.path / 'runs'}/<run id>/ (console.log, output/)")
+    check_can_run(folder.db.results())
+    return EXIT_PASS if folder.all_passed() else EXIT_NOT_ALL_PASSED
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .rundir import RunFolder, run_locally
+
+    spec, runs = _load(args, need_images=True)
+    folder = RunFolder.create(spec, runs, args.out, backend="local")
+    run_locally(folder, ImageCache(), console, jobs=args.jobs, retries=args.retries,
+                boot=args.boot, max_age_s=_max_age(args), rebuild=args.rebuild)
+    return _finish(folder, args)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .rundir import RunFolder, run_locally
+
+    folder = RunFolder.open(args.rundir)
+    run_locally(folder, ImageCache(), console, jobs=args.jobs, retries=args.retries,
+                boot=args.boot, max_age_s=_max_age(args), rebuild=args.rebuild)
+    return _finish(folder, args)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    from .results.model import PASSING
+    from .rundir import RunFolder, run_locally
+
+    folder = RunFolder.open(args.rundir)
+    results = folder.db.results()
+    known = set(folder.db.states())
+    unknown = [i for i in args.ids if i not in known]
+    if unknown:
+        raise VmharnessError(f"no run {', '.join(unknown)} in {args.rundir}")
+    chosen = set(args.ids)
+    chosen |= {i for i, r in results.items() if args.failed and r.status not in PASSING}
+    chosen |= {i for i, r in results.items() if r.status in args.status}
+    if not chosen:
+        console.print("nothing to rerun (give run ids, --failed or --status)")
+        return EXIT_USAGE
+    folder.db.reset(sorted(chosen))
+    console.print(f"rerunning {len(chosen)} run(s): {', '.join(sorted(chosen)[:20])}")
+    run_locally(folder, ImageCache(), console, jobs=args.jobs, retries=args.retries,
+                boot=args.boot, max_age_s=_max_age(args), rebuild=args.rebuild)
+    return _finish(folder, args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .rundir import RunFolder
+
+    folder = RunFolder.open(args.rundir)
+    return _finish(folder, args)
+
+
+def cmd_matrix(args: argparse.Namespace) -> int:
+    _spec, runs = _load(args, need_images=False)
+    if args.json:
+        payload = to_json_runs(runs)
+        print(json.dumps(payload, indent=2))
+        return EXIT_PASS
+    table = Table(title=f"{len(runs)} runs")
+    for col in ("id", "platform", "source", "package set", "packages"):
+        table.add_column(col)
+    for run in runs:
+        pk = " ".join(run.package_set.packages)
+        table.add_row(run.id, run.platform.name, run.source.label, run.package_set.label,
+                      pk if len(pk) < 60 else pk[:57] + "...")
+    console.print(table)
+    return EXIT_PASS
+
+
+def to_json_runs(runs) -> dict:
+    from .state import run_to_dict
+
+    return {"count": len(runs), "runs": [run_to_dict(r) for r in runs]}
+
+
+def cmd_image_build(args: argparse.Namespace) -> int:
+    from .rundir import images_for  # noqa: F401  (same progress display as runs)
+
+    recipe = load_recipe(args.recipe)
+    cache = ImageCache()
+    with console.status(f"{recipe.name}: looking up the cache") as status:
+        image = cache.get(recipe, max_age_s=_max_age(args), rebuild=args.rebuild,
+                          progress=lambda m: status.update(f"{recipe.name}: {m}"))
+    console.print(f"{image.recipe}: {image.folder} ({image.size_bytes / 1e6:.0f} MB, "
+                  f"kernel {image.kernel_version}, sha256 {image.sha256[:16]})")
+    return EXIT_PASS
+
+
+def cmd_image_list(args: argparse.Namespace) -> int:
+    cache = ImageCache()
+    images = cache.list()
+    table = Table(title=f"images in {cache.images_dir}")
+    for col in ("recipe", "folder", "size", "age", "hostname", "content name"):
+        table.add_column(col)
+    for image in images:
+        table.add_row(image.recipe, image.folder.name, f"{image.size_bytes / 1e6:.0f} MB",
+                      f"{image.age_s() / 3600:.1f} h", image.hostname, image.content_name)
+    console.print(table if images else "no cached images (build one: vmharness image build)")
+    return EXIT_PASS
+
+
+def cmd_image_prune(args: argparse.Namespace) -> int:
+    if args.keep < 0:
+        raise VmharnessError("--keep must be 0 or more")
+    removed = ImageCache().prune(keep=args.keep, dry_run=args.dry_run)
+    verb = "would remove" if args.dry_run else "removed"
+    for path in removed:
+        console.print(f"{verb} {path}")
+    console.print(f"{verb} {len(removed)} item(s)")
+    return EXIT_PASS
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["main", "EXIT_INFRA", "EXIT_USAGE"]

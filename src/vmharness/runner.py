@@ -1,0 +1,222 @@
+"""One run, end to end: disks -> VM -> output disk -> extracted logs -> verdict.
+
+Every file a run produces lives under its log folder (runs/<id>/ in the run folder):
+    conditions.toml   the conditions given to the guest (a copy of the input disk's file)
+    console.log       the serial console, kept whatever happened
+    output/           what the guest wrote to its output disk, extracted safely
+    run.json          the verdict (RunResult)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import conditions as conditions_mod
+from .backends.base import VMJob, VMOutcome
+from .images.cache import BaseImage
+from .images.disks import make_input_disk, make_output_disk
+from .images.extract import Extraction, extract
+from .results import parse_results
+from .results.classify import classify
+from .results.model import RunResult, TestCounts
+from .spec import KnownFailure, Run
+
+RESULT_JSON_LIMIT = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """What a run needs of its base image, whether vmharness built it or the user gave it."""
+
+    disk: Path
+    kernel: Path | None
+    initrd: Path | None
+    cmdline: str
+    apt_source: str
+    suite: str
+    label: str
+
+    @classmethod
+    def from_cache(cls, image: BaseImage) -> ImageRef:
+        return cls(disk=image.disk, kernel=image.kernel, initrd=image.initrd,
+                   cmdline=image.cmdline, apt_source=image.apt_source, suite=image.suite,
+                   label=f"{image.recipe} {image.sha256[:12]}")
+
+    @classmethod
+    def given(cls, path: Path) -> ImageRef:
+        # A user's image boots from its own disk and keeps its own package sources.
+        return cls(disk=path, kernel=None, initrd=None, cmdline="", apt_source="", suite="",
+                   label=path.name)
+
+
+@dataclass
+class RunContext:
+    run_dir: Path
+    known_failures: list[KnownFailure] = field(default_factory=list)
+    today: dt.date = field(default_factory=dt.date.today)
+    boot: str = "kernel"  # kernel (direct, fast) | disk (bootloader, as VM universe does)
+
+
+VMExecutor = Callable[[VMJob], VMOutcome]
+
+
+def log_dir_for(run_dir: Path, run: Run) -> Path:
+    return run_dir / "runs" / run.id
+
+
+def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[VMJob, dict]:
+    """Make the run's folder, conditions and disks. Returns the VM job and phase timings."""
+    log_dir = log_dir_for(ctx.run_dir, run)
+    if log_dir.exists():  # an earlier attempt: keep it beside, for whoever debugs the retry
+        log_dir.rename(log_dir.with_name(f"{run.id}.attempt{attempt - 1}-{int(time.time())}"))
+    work = log_dir / "work"
+    work.mkdir(parents=True)
+    t0 = time.monotonic()
+    cond = conditions_mod.for_run(run, main_source=image.apt_source, suite=image.suite)
+    text = cond.to_toml()
+    (log_dir / conditions_mod.FILE_NAME).write_text(text)
+    make_input_disk(work / "input.img", text, run.test.suite)
+    make_output_disk(work / "output.img", run.vm.output_size_mib)
+    use_kernel = ctx.boot == "kernel" and image.kernel is not None
+    job = VMJob(
+        name=f"vmharness-{run.id}",
+        base_disk=image.disk,
+        kernel=image.kernel if use_kernel else None,
+        initrd=image.initrd if use_kernel else None,
+        cmdline=image.cmdline,
+        input_disk=work / "input.img",
+        output_disk=work / "output.img",
+        workdir=work,
+        console_log=log_dir / "console.log",
+        memory_mib=run.vm.memory_mib,
+        cpus=run.vm.cpus,
+        network=run.vm.network,
+        wall_timeout_s=run.wall_timeout_s,
+    )
+    return job, {"disks": time.monotonic() - t0}
+
+
+def collect(run: Run, job: VMJob, outcome: VMOutcome, ctx: RunContext, attempt: int,
+            phases: dict[str, float]) -> RunResult:
+    """Extract the output disk and decide the run's verdict. Never raises on guest data."""
+    log_dir = log_dir_for(ctx.run_dir, run)
+    t0 = time.monotonic()
+    out_dir = log_dir / "output"
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    extraction = extract(job.output_disk, out_dir, total_limit=run.vm.output_size_mib << 20)
+    phases = {**phases, **outcome.phases, "vm": outcome.seconds,
+              "extraction": time.monotonic() - t0}
+    result = decide(run, outcome, extraction, out_dir, job.console_log, ctx)
+    result.attempt = attempt
+    result.log_dir = str(log_dir.relative_to(ctx.run_dir))
+    result.phases.update({k: round(v, 3) for k, v in phases.items()})
+    result.duration_s = round(sum(v for k, v in phases.items() if k in
+                                  ("disks", "vm", "extraction")), 3)
+    if extraction.skipped:
+        _write_lines(log_dir / "extraction-skipped.txt",
+                     [f"{path}: {why}" for path, why in extraction.skipped])
+    # The disks are scratch once read; an unreadable output disk is kept for a post-mortem.
+    job.input_disk.unlink(missing_ok=True)
+    if extraction.error is None:
+        job.output_disk.unlink(missing_ok=True)
+    (log_dir / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+def execute(run: Run, image: ImageRef, ctx: RunContext, vm: VMExecutor,
+            attempt: int = 1) -> RunResult:
+    job, phases = prepare(run, image, ctx, attempt)
+    outcome = vm(job)
+    return collect(run, job, outcome, ctx, attempt, phases)
+
+
+def decide(run: Run, outcome: VMOutcome, extraction: Extraction, out_dir: Path,
+           console_log: Path, ctx: RunContext) -> RunResult:
+    base = {"run_id": run.id, "accelerator": outcome.accelerator, "host": outcome.host}
+
+    def verdict(status: str, reason: str, **extra: object) -> RunResult:
+        return RunResult(status=status, reason=reason, **base, **extra)  # type: ignore[arg-type]
+
+    if outcome.ended == "error":
+        return verdict("died", outcome.reason or "the VM failed to start")
+    agent = _read_result_json(out_dir / "result.json")
+    if outcome.ended == "timeout":
+        return verdict("timeout", outcome.reason + _partial(extraction))
+    if not extraction.files and extraction.error:
+        return verdict("died", extraction.error)
+    if agent is None:
+        return verdict("died", _why_no_result(out_dir, console_log))
+    versions = {k: str(agent[k]) for k in ("kernel", "agent_version", "hostname")
+                if isinstance(agent.get(k), str)}
+    phases = {}
+    for p in agent.get("phases", []) if isinstance(agent.get("phases"), list) else []:
+        if isinstance(p, dict) and isinstance(p.get("duration_s"), (int, float)):
+            phases[f"guest:{str(p.get('name'))[:40]}"] = float(p["duration_s"])
+    if isinstance(agent.get("boot_uptime_s"), (int, float)):
+        phases["boot"] = float(agent["boot_uptime_s"])
+    failed = agent.get("failed_phase")
+    error = str(agent.get("error") or "")[:500]
+    if failed in ("install", "update"):
+        return verdict(failed, f"{failed} failed: {error}", versions=versions, phases=phases)
+    if failed or (error and agent.get("test_exit_code") is None):
+        return verdict("died", f"agent: {error or failed}", versions=versions, phases=phases)
+    code = agent.get("test_exit_code")
+    code = code if isinstance(code, int) else None
+    parsed = parse_results(out_dir / "test", run.test.format, run.test.results,
+                           log_file=out_dir / "test.log")
+    counts = parsed.counts if parsed else TestCounts()
+    problems = list(parsed.problems) if parsed else []
+    if agent.get("test_timed_out"):
+        return verdict("timeout", f"test still running after its timeout of "
+                       f"{run.test.timeout_s}s; killed by the agent", counts=counts,
+                       problems=problems, versions=versions, phases=phases, exit_code=code)
+    status, reason = classify(parsed, exit_code=code, known_failures=ctx.known_failures,
+                              today=ctx.today)
+    return verdict(status, reason, counts=counts, problems=problems, versions=versions,
+                   phases=phases, exit_code=code)
+
+
+def _read_result_json(path: Path) -> dict | None:
+    try:
+        if not path.is_file() or path.stat().st_size > RESULT_JSON_LIMIT:
+            return None
+        data = json.loads(path.read_text(errors="replace"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _why_no_result(out_dir: Path, console_log: Path) -> str:
+    console = ""
+    try:
+        with open(console_log, "rb") as f:  # the tail is what tells how it ended
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 256 * 1024))
+            console = f.read().decode(errors="replace")
+    except OSError:
+        pass
+    if "Kernel panic" in console:
+        line = next((ln for ln in console.splitlines() if "Kernel panic" in ln), "")
+        return f"guest kernel panic: {line.split('] ', 1)[-1].strip()[:200]} (see console.log)"
+    if (out_dir / "agent.log").exists():
+        return "the agent stopped without writing result.json (it crashed or was killed); " \
+               "see output/agent.log and console.log"
+    if "vmharness-agent" in console:
+        return "the agent started but could not write to the output disk; see console.log"
+    return "the agent never started (boot failed?); see console.log"
+
+
+def _partial(extraction: Extraction) -> str:
+    n = len(extraction.files)
+    return f"; partial logs kept ({n} file{'s' if n != 1 else ''})" if n else "; no logs"
+
+
+def _write_lines(path: Path, lines: list[str]) -> None:
+    path.write_text("".join(line + "\n" for line in lines))

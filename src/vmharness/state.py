@@ -1,0 +1,205 @@
+"""The run database: one SQLite file per run folder holding every run, attempt and verdict.
+
+It is the single source of truth for resume (after a kill -9 or a reboot), reruns and reports:
+a run whose verdict is stored is never run again unless asked; a run that was `running` when
+vmharness died is run again, and its interrupted attempt is recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from .results.model import Problem, RunResult, TestCounts
+from .spec import KnownFailure, PackageSet, Platform, Run, Source, TestSettings, VMSettings
+
+DB_NAME = "state.sqlite"
+SCHEMA_VERSION = 1
+PENDING, RUNNING = "pending", "running"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    run_json TEXT NOT NULL,
+    state TEXT NOT NULL,            -- pending | running | done
+    attempts INTEGER NOT NULL DEFAULT 0,
+    status TEXT,                    -- the verdict once done
+    result_json TEXT,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id TEXT NOT NULL,
+    attempt INTEGER NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    status TEXT,                    -- verdict, or 'interrupted'
+    reason TEXT,
+    host TEXT,
+    PRIMARY KEY (run_id, attempt)
+);
+"""
+
+
+class RunDB:
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / DB_NAME
+        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None,
+                                    check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.executescript(_SCHEMA)
+
+    @classmethod
+    def open_existing(cls, run_dir: Path) -> RunDB:
+        if not (run_dir / DB_NAME).is_file():
+            from .errors import UsageError
+
+            raise UsageError(f"{run_dir} is not a vmharness run folder (no {DB_NAME})",
+                             hint="give the folder that `vmharness run` or `submit` printed")
+        return cls(run_dir)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- meta -------------------------------------------------------------------------------
+    def set_meta(self, **values: Any) -> None:
+        with self.tx() as c:
+            for k, v in values.items():
+                c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+
+    # -- runs -------------------------------------------------------------------------------
+    def add_runs(self, runs: Iterable[Run]) -> None:
+        now = time.time()
+        with self.tx() as c:
+            c.executemany(
+                "INSERT OR IGNORE INTO runs (id, seq, run_json, state, updated) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(r.id, i, json.dumps(run_to_dict(r)), PENDING, now) for i, r in enumerate(runs)])
+
+    def runs(self) -> list[Run]:
+        rows = self.conn.execute("SELECT run_json FROM runs ORDER BY seq")
+        return [run_from_dict(json.loads(j)) for (j,) in rows]
+
+    def states(self) -> dict[str, tuple[str, int]]:
+        """run id -> (state, attempts so far)."""
+        return {i: (s, a) for i, s, a in self.conn.execute("SELECT id, state, attempts FROM runs")}
+
+    def results(self) -> dict[str, RunResult]:
+        rows = self.conn.execute("SELECT id, result_json FROM runs WHERE result_json IS NOT NULL")
+        return {i: result_from_dict(json.loads(j)) for i, j in rows}
+
+    def recover_interrupted(self) -> list[str]:
+        """Runs left `running` by a vmharness that died: back to pending, attempt noted."""
+        now = time.time()
+        with self.tx() as c:
+            ids = [i for (i,) in c.execute("SELECT id FROM runs WHERE state = ?", (RUNNING,))]
+            for run_id in ids:
+                c.execute("UPDATE attempts SET ended = ?, status = 'interrupted', "
+                          "reason = 'vmharness stopped during the run' "
+                          "WHERE run_id = ? AND ended IS NULL", (now, run_id))
+                # The interrupted attempt does not count against the retry budget.
+                c.execute("UPDATE runs SET state = ?, attempts = attempts - 1, updated = ? "
+                          "WHERE id = ?", (PENDING, now, run_id))
+        return ids
+
+    def start_attempt(self, run_id: str, host: str = "") -> int:
+        now = time.time()
+        with self.tx() as c:
+            (attempts,) = c.execute("SELECT attempts FROM runs WHERE id = ?", (run_id,)).fetchone()
+            attempt = attempts + 1
+            c.execute("UPDATE runs SET state = ?, attempts = ?, updated = ? WHERE id = ?",
+                      (RUNNING, attempt, now, run_id))
+            c.execute("INSERT OR REPLACE INTO attempts (run_id, attempt, started, host) "
+                      "VALUES (?, ?, ?, ?)", (run_id, attempt, now, host))
+        return attempt
+
+    def finish_attempt(self, result: RunResult, *, final: bool) -> None:
+        """Record an attempt's verdict. final=False leaves the run pending for a retry."""
+        now = time.time()
+        with self.tx() as c:
+            c.execute("UPDATE attempts SET ended = ?, status = ?, reason = ?, host = ? "
+                      "WHERE run_id = ? AND attempt = ?",
+                      (now, result.status, result.reason, result.host, result.run_id,
+                       result.attempt))
+            c.execute("UPDATE runs SET state = ?, status = ?, result_json = ?, updated = ? "
+                      "WHERE id = ?",
+                      ("done" if final else PENDING, result.status,
+                       json.dumps(asdict(result)), now, result.run_id))
+
+    def reset(self, run_ids: Iterable[str]) -> None:
+        """Make runs pending again on purpose (rerun); their old attempts stay recorded."""
+        now = time.time()
+        with self.tx() as c:
+            for run_id in run_ids:
+                c.execute("UPDATE runs SET state = ?, status = NULL, result_json = NULL, "
+                          "updated = ? WHERE id = ?", (PENDING, now, run_id))
+
+    def attempts(self, run_id: str) -> list[dict[str, Any]]:
+        cur = self.conn.execute("SELECT attempt, started, ended, status, reason, host FROM "
+                                "attempts WHERE run_id = ? ORDER BY attempt", (run_id,))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, row, strict=True)) for row in cur]
+
+
+# -- (de)serialization of the boundary dataclasses ---------------------------------------------
+def run_to_dict(run: Run) -> dict[str, Any]:
+    d = asdict(run)
+    d["platform"]["image"] = str(run.platform.image) if run.platform.image else None
+    d["test"]["suite"] = str(run.test.suite) if run.test.suite else None
+    return d
+
+
+def run_from_dict(d: dict[str, Any]) -> Run:
+    platform = dict(d["platform"])
+    platform["image"] = Path(platform["image"]) if platform.get("image") else None
+    source = {k: tuple(v) if isinstance(v, list) else v for k, v in d["source"].items()}
+    pkgs = {k: tuple(v) if isinstance(v, list) else v for k, v in d["package_set"].items()}
+    test = dict(d["test"])
+    test["suite"] = Path(test["suite"]) if test.get("suite") else None
+    test["env"] = tuple(tuple(e) for e in test.get("env", ()))
+    return Run(
+        id=d["id"],
+        platform=Platform(**platform),
+        source=Source(**source),
+        package_set=PackageSet(**pkgs),
+        test=TestSettings(**test),
+        vm=VMSettings(**d["vm"]),
+        repositories=tuple(tuple(r) for r in d.get("repositories", ())),
+    )
+
+
+def result_from_dict(d: dict[str, Any]) -> RunResult:
+    d = dict(d)
+    d["counts"] = TestCounts(**d.get("counts", {}))
+    d["problems"] = [Problem(**p) for p in d.get("problems", [])]
+    known = set(RunResult.__dataclass_fields__)
+    return RunResult(**{k: v for k, v in d.items() if k in known})
+
+
+def known_failures_to_json(kfs: list[KnownFailure]) -> list[dict[str, str]]:
+    return [asdict(k) for k in kfs]
+
+
+def known_failures_from_json(items: list[dict[str, str]]) -> list[KnownFailure]:
+    return [KnownFailure(**k) for k in items]
