@@ -80,9 +80,9 @@ def pool(figures: dict[str, float]):
     if started:
         down = _run("down", timeout=120)
         assert down.returncode == 0, f"scripts/condor-pool down failed:\n{down.stderr}"
-        root = Path("/var/cache/vmharness")
+        root = os.environ.get("VMHARNESS_POOL_ROOT", "/var/cache/vmharness/condor-root-trixie")
         with open("/proc/self/mountinfo") as mounts:
-            left = [line.split()[4] for line in mounts if line.split()[4].startswith(str(root))]
+            left = [line.split()[4] for line in mounts if line.split()[4].startswith(root)]
         assert not left, f"mounts left after down: {left}"
 
 
