@@ -19,7 +19,6 @@ from . import __version__
 from .errors import EXIT_INFRA, EXIT_NOT_ALL_PASSED, EXIT_PASS, EXIT_USAGE, VmharnessError
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, load_recipe
-from .report import to_json
 from .spec import check_platforms, expand, load_spec, parse_duration
 
 console = Console(stderr=False)

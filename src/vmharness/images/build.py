@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..errors import InfraError
 from .certs import HostCredentials
+from .initrd import InitrdUnavailable, build_fast_initrd
 from .recipe import Recipe
 
 SECTOR = 512
@@ -33,7 +34,7 @@ KERNEL_CMDLINE = (
     "systemd.show_status=0 mitigations=off"
 )
 # The always-present packages: the agent needs python3; networkd is in systemd; the CA store.
-BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "python3", "ca-certificates")
+BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "python3", "ca-certificates", "busybox-static")
 # Boot-time units that do nothing for a one-shot test VM but cost seconds under emulation.
 MASKED_UNITS = (
     # no logins on a test VM (debug mode starts serial-getty@ttyS0 by hand)
@@ -50,6 +51,12 @@ MASKED_UNITS = (
     "fstrim.timer", "dpkg-db-backup.timer", "man-db.timer", "systemd-timesyncd.service",
     "systemd-networkd-wait-online.service", "systemd-journal-flush.service",
     "systemd-random-seed.service", "systemd-sysusers.service",
+    # udev: coldplugging every device costs ~10 s under emulation and a test VM's devices are
+    # known. The agent unmasks and starts it for runs that install packages or use the network.
+    "systemd-udevd.service", "systemd-udev-trigger.service", "systemd-udevd-kernel.socket",
+    "systemd-udevd-control.socket", "systemd-udev-settle.service",
+    # nothing to load or remount: the root is mounted rw by the initrd, modules load on demand
+    "systemd-modules-load.service", "kmod-static-nodes.service", "systemd-remount-fs.service",
 )
 # Initramfs with only what finds the root disk: a 1 MB initrd boots much faster under TCG.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi")
@@ -57,6 +64,7 @@ REQUIRED_TOOLS = {
     "mmdebstrap": "mmdebstrap", "sfdisk": "fdisk", "mkfs.fat": "dosfstools", "mcopy": "mtools",
     "syslinux": "syslinux", "mke2fs": "e2fsprogs", "qemu-img": "qemu-utils",
 }
+INITRD_FORMAT = 1  # bump when initrd.py changes what it builds
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
 
 Progress = Callable[[str], None]
@@ -130,16 +138,26 @@ def build(recipe: Recipe, creds: HostCredentials, workdir: Path, agent_files: di
     ]
     progress(f"mmdebstrap {recipe.suite} from {recipe.mirror} ({len(packages)} packages + deps)")
     _run_logged(cmd, workdir / "mmdebstrap.log", progress)
+    # A set machine-id (mmdebstrap empties it last): an empty one means "first boot", and
+    # systemd then applies every unit preset, seconds under emulation. Test VMs are clones.
+    (tree / "etc" / "machine-id").write_text(os.urandom(16).hex() + "\n")
     kernels = sorted((tree / "boot").glob("vmlinuz-*"))
     if not kernels:
         raise InfraError(f"the build produced no kernel (is {recipe.kernel} a kernel package?)")
     version = kernels[-1].name.removeprefix("vmlinuz-")
     kernel, initrd = workdir / "vmlinuz", workdir / "initrd.img"
     shutil.copy2(kernels[-1], kernel)
-    shutil.copy2(tree / "boot" / f"initrd.img-{version}", initrd)
+    distro_initrd = workdir / "initrd-distro.img"
+    shutil.copy2(tree / "boot" / f"initrd.img-{version}", distro_initrd)
+    try:  # the direct-boot initrd; the distribution's one goes on the boot partition
+        build_fast_initrd(tree, version, initrd, ROOT_DEVICE)
+    except InitrdUnavailable as exc:
+        progress(f"fast initrd not possible ({exc}); using the distribution's")
+        shutil.copy2(distro_initrd, initrd)
     progress("assembling the disk (partitions, SYSLINUX, ext4 root) without mounting")
     raw = workdir / "disk.raw"
-    _assemble(raw, tree, kernel, initrd, recipe.disk_size_mib)
+    _assemble(raw, tree, kernel, distro_initrd, recipe.disk_size_mib)
+    distro_initrd.unlink()
     shutil.rmtree(tree)
     progress("compressing the disk into qcow2")
     disk = workdir / "disk.qcow2"
@@ -208,7 +226,6 @@ def _customize_script(overlay: Path, *, with_ca: bool) -> str:
         f'chroot "$root" systemctl mask --quiet {" ".join(MASKED_UNITS)}',
         # A test VM has no password: root logs in on the console in debug mode.
         'chroot "$root" passwd -d root >/dev/null',
-        'rm -f "$root"/etc/machine-id && touch "$root"/etc/machine-id',
     ]
     if with_ca:
         lines.append('chroot "$root" update-ca-certificates >/dev/null')
@@ -252,7 +269,8 @@ def _assemble(raw: Path, tree: Path, kernel: Path, initrd: Path, root_mib: int) 
     cfg = raw.parent / "syslinux.cfg"
     cfg.write_text("DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n"
                    f"  INITRD /initrd.img\n  APPEND {KERNEL_CMDLINE}\n")
-    _check(["mcopy", "-i", f"{raw}@@{boot_offset}", str(kernel), str(initrd), str(cfg), "::/"])
+    _check(["mcopy", "-i", f"{raw}@@{boot_offset}", str(kernel), str(cfg), "::/"])
+    _check(["mcopy", "-i", f"{raw}@@{boot_offset}", str(initrd), "::/initrd.img"])
     _check(["syslinux", "--offset", str(boot_offset), "--install", str(raw)])
     with open(raw, "r+b") as f:  # SYSLINUX's MBR code, keeping the partition table after it
         f.write(SYSLINUX_MBR.read_bytes()[:440])

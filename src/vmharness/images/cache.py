@@ -26,7 +26,7 @@ from .certs import HostCredentials, issue_host_cert, user_credentials
 from .recipe import Recipe
 
 # Bump when the build's output changes shape (layout, customizations) for the same inputs.
-IMAGE_FORMAT = 4
+IMAGE_FORMAT = 7
 DEFAULT_MAX_AGE_S = 7 * 24 * 3600
 
 
@@ -96,6 +96,7 @@ class ImageCache:
             "cmdline": builder.KERNEL_CMDLINE,
             "masked": builder.MASKED_UNITS,
             "base_packages": builder.BASE_PACKAGES,
+            "initrd": builder.INITRD_FORMAT,
         }
         blob = json.dumps(shape, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()

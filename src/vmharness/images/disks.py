@@ -53,6 +53,7 @@ def _run(cmd: list[str]) -> None:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
         raise InfraError(f"{cmd[0]} is not installed",
-                         hint="sudo apt-get install e2fsprogs dosfstools (or `make setup`)") from None
+                         hint="sudo apt-get install e2fsprogs dosfstools (or `make setup`)",
+                         ) from None
     if proc.returncode != 0:
         raise InfraError(f"{' '.join(cmd[:2])} failed: {proc.stderr.strip()}")

@@ -34,7 +34,7 @@ class Extraction:
 
 def extract(disk: Path, dest: Path, *, file_limit: int = DEFAULT_FILE_LIMIT,
             total_limit: int | None = None) -> Extraction:
-    """Copy every regular file of the FAT output disk `disk` into `dest` (created, must not exist)."""
+    """Copy every regular file of the FAT output disk `disk` into `dest` (new folder)."""
     t0 = time.monotonic()
     out = Extraction()
     dest.mkdir(parents=True, exist_ok=False)

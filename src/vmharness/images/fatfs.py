@@ -37,7 +37,7 @@ class FatReader:
         self.disk_size = disk_size
         boot = self._read_at(0, 512)
         if len(boot) < 512 or boot[510:512] != b"\x55\xaa":
-            raise CorruptFilesystem("no FAT boot sector (the guest never formatted or overwrote it)")
+            raise CorruptFilesystem("no FAT boot sector (the guest overwrote it?)")
         (bps, spc, reserved, nfats, root_entries, total16, _media, fat16_size) = struct.unpack_from(
             "<HBHBHHBH", boot, 11)
         total32 = struct.unpack_from("<I", boot, 32)[0]
