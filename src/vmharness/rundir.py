@@ -154,7 +154,7 @@ def run_locally(folder: RunFolder, cache: ImageCache, console: Console, *, jobs:
 
     folder.db.set_meta(accelerator=accel)
     run_matrix(folder.db, runs, images, ctx, lambda job: local.run_vm(job, accel), slots=slots,
-               retries=retries, console=console, on_result=line)
+               retries=retries, console=console, on_result=line, on_interrupt=local.stop_all)
 
 
 def check_can_run(results: dict[str, RunResult]) -> None:

@@ -93,6 +93,7 @@ def run_matrix(
     retries: int = DEFAULT_RETRIES,
     console: Console | None = None,
     on_result: Callable[[Run, RunResult], None] | None = None,
+    on_interrupt: Callable[[], object] | None = None,
 ) -> dict[str, RunResult]:
     """Run every pending run of `runs` (others are already done). Returns the new verdicts."""
     console = console or Console()
@@ -145,6 +146,13 @@ def run_matrix(
                         results[run.id] = result
                 if live:
                     live.update(progress.table(), refresh=True)
+        except KeyboardInterrupt:
+            queue.clear()
+            for fut in pending:
+                fut.cancel()
+            if on_interrupt:  # stop the VMs so the pool's threads can end
+                on_interrupt()
+            raise
         finally:
             if live:
                 live.stop()

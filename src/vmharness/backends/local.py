@@ -14,6 +14,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,18 @@ QEMU = "qemu-system-x86_64"
 PROBE_TIMEOUT_S = 20
 PROBE_TTL_S = 24 * 3600
 ACCEL_ENV = "VMHARNESS_ACCEL"  # kvm | tcg | auto (default)
+
+# Every qemu this process started and has not seen end, so an interrupt can stop them all.
+_running: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
+_running_lock = threading.Lock()
+_stopping = threading.Event()
+
+
+class VMInterrupted(BaseException):
+    """The VM was stopped because vmharness is being interrupted: not a verdict on the run.
+
+    A BaseException so that no `except Exception` records it as a failure; the run stays
+    `running` in the database and resume runs it again."""
 
 
 def qemu_version() -> str:
@@ -121,10 +134,13 @@ def run_vm(job: VMJob, accel: str) -> VMOutcome:
     (job.workdir / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
     t0 = time.monotonic()
     stderr_path = job.workdir / "qemu-stderr.log"
+    proc: subprocess.Popen[bytes] | None = None
     try:
         with open(stderr_path, "wb") as err:
             proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
+            with _running_lock:
+                _running[proc.pid] = (proc, qmp_socket)
             try:
                 code = proc.wait(timeout=job.wall_timeout_s)
                 ended = "poweroff" if code == 0 else "error"
@@ -135,8 +151,13 @@ def run_vm(job: VMJob, accel: str) -> VMOutcome:
                 _stop(proc, qmp_socket)
                 raise
     finally:
+        if proc is not None:
+            with _running_lock:
+                _running.pop(proc.pid, None)
         shutil.rmtree(sock_dir, ignore_errors=True)
         overlay.unlink(missing_ok=True)  # the run's writes to the root disk are thrown away
+    if _stopping.is_set():
+        raise VMInterrupted(job.name)
     seconds = time.monotonic() - t0
     reason = ""
     if ended == "timeout":
@@ -146,6 +167,17 @@ def run_vm(job: VMJob, accel: str) -> VMOutcome:
         reason = f"qemu exited with code {code}: {' '.join(tail) or 'no message'}"
     return VMOutcome(ended=ended, seconds=seconds, accelerator=accel, reason=reason,
                      exit_code=code, host=platform.node())
+
+
+def stop_all() -> int:
+    """Stop every VM this process runs (on Ctrl-C): their runs stay `running` in the database
+    and `vmharness resume` runs them again."""
+    _stopping.set()
+    with _running_lock:
+        procs = list(_running.values())
+    for proc, sock in procs:
+        _stop(proc, sock)
+    return len(procs)
 
 
 def _create_overlay(base: Path, overlay: Path) -> None:
