@@ -16,7 +16,14 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .errors import EXIT_INFRA, EXIT_NOT_ALL_PASSED, EXIT_PASS, EXIT_USAGE, VmharnessError
+from .errors import (
+    EXIT_INFRA,
+    EXIT_NOT_ALL_PASSED,
+    EXIT_PASS,
+    EXIT_USAGE,
+    UsageError,
+    VmharnessError,
+)
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, load_recipe
 from .spec import check_platforms, expand, load_spec, parse_duration
@@ -189,7 +196,8 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     known = set(folder.db.states())
     unknown = [i for i in args.ids if i not in known]
     if unknown:
-        raise VmharnessError(f"no run {', '.join(unknown)} in {args.rundir}")
+        raise UsageError(f"no run {', '.join(unknown)} in {args.rundir}",
+                         hint="`vmharness report RUNDIR` lists the runs and their ids")
     chosen = set(args.ids)
     chosen |= {i for i, r in results.items() if args.failed and r.status not in PASSING}
     chosen |= {i for i, r in results.items() if r.status in args.status}
@@ -261,7 +269,7 @@ def cmd_image_list(args: argparse.Namespace) -> int:
 
 def cmd_image_prune(args: argparse.Namespace) -> int:
     if args.keep < 0:
-        raise VmharnessError("--keep must be 0 or more")
+        raise UsageError("--keep must be 0 or more")
     removed = ImageCache().prune(keep=args.keep, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for path in removed:

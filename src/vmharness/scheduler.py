@@ -112,7 +112,8 @@ def run_matrix(
         except Exception as exc:  # our side failed (disk tools, qemu missing): infra, retry
             result = RunResult(run_id=run.id, status="died", attempt=attempt,
                                reason=f"vmharness could not run it: {exc}")
-        final = result.status not in INFRA or attempt > retries
+        infra_before = db.count_attempts(run.id, "died")
+        final = result.status not in INFRA or infra_before + 1 > retries
         if not final:
             result.reason += f" (attempt {attempt}; retrying)"
         db.finish_attempt(result, final=final)

@@ -118,9 +118,9 @@ class RunDB:
                 c.execute("UPDATE attempts SET ended = ?, status = 'interrupted', "
                           "reason = 'vmharness stopped during the run' "
                           "WHERE run_id = ? AND ended IS NULL", (now, run_id))
-                # The interrupted attempt does not count against the retry budget.
-                c.execute("UPDATE runs SET state = ?, attempts = attempts - 1, updated = ? "
-                          "WHERE id = ?", (PENDING, now, run_id))
+                # It stays recorded; only `died` attempts count against the retry budget.
+                c.execute("UPDATE runs SET state = ?, updated = ? WHERE id = ?",
+                          (PENDING, now, run_id))
         return ids
 
     def start_attempt(self, run_id: str, host: str = "") -> int:
@@ -130,7 +130,7 @@ class RunDB:
             attempt = attempts + 1
             c.execute("UPDATE runs SET state = ?, attempts = ?, updated = ? WHERE id = ?",
                       (RUNNING, attempt, now, run_id))
-            c.execute("INSERT OR REPLACE INTO attempts (run_id, attempt, started, host) "
+            c.execute("INSERT INTO attempts (run_id, attempt, started, host) "
                       "VALUES (?, ?, ?, ?)", (run_id, attempt, now, host))
         return attempt
 
@@ -154,6 +154,11 @@ class RunDB:
             for run_id in run_ids:
                 c.execute("UPDATE runs SET state = ?, status = NULL, result_json = NULL, "
                           "updated = ? WHERE id = ?", (PENDING, now, run_id))
+
+    def count_attempts(self, run_id: str, status: str) -> int:
+        (n,) = self.conn.execute("SELECT COUNT(*) FROM attempts WHERE run_id = ? AND status = ?",
+                                 (run_id, status)).fetchone()
+        return n
 
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
         cur = self.conn.execute("SELECT attempt, started, ended, status, reason, host FROM "

@@ -17,6 +17,7 @@ DEFAULT_HOSTNAME = "vmtest.localdomain"
 _LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 _HOSTNAME_RE = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})+$")
 _PACKAGE_RE = re.compile(r"^[a-z0-9][a-z0-9+.\-]+(:[a-z0-9]+)?(=[A-Za-z0-9.+~:\-]+)?$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SIZE_RE = re.compile(r"^(\d+)\s*([MG])i?B?$", re.IGNORECASE)
 
 
@@ -87,15 +88,20 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
+        # The field is the top-level key whose value the broken construct started in.
+        start = getattr(exc, "context_mark", None) or mark
         raise SpecError(f"YAML syntax error: {getattr(exc, 'problem', exc)}", file=source,
-                        line=mark.line + 1 if mark else None) from None
+                        line=mark.line + 1 if mark else None,
+                        field=_top_key_at(text, start.line) if start else None) from None
     if root is None or not isinstance(root, yaml.MappingNode):
         raise SpecError("a recipe must be a mapping of fields", file=source, line=1)
     values: dict[str, Any] = {}
     lines: dict[str, int] = {}
     for key_node, value_node in root.value:
-        key = key_node.value
         line = key_node.start_mark.line + 1
+        if not isinstance(key_node, yaml.ScalarNode):
+            raise SpecError("a field name must be a plain word", file=source, line=line)
+        key = key_node.value
         if key not in _FIELDS:
             raise SpecError(f"unknown field (known: {', '.join(sorted(_FIELDS))})",
                             file=source, line=line, field=key)
@@ -110,6 +116,10 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
         return SpecError(message, file=source, line=lines.get(field), field=field)
 
     kwargs: dict[str, Any] = {"name": values.get("name", name), "source": source}
+    if not _NAME_RE.match(kwargs["name"]):  # it becomes part of cache paths
+        raise SpecError("a recipe name is letters, digits, '.', '_' and '-' only "
+                        f"(got {kwargs['name']!r})", file=source, line=lines.get("name"),
+                        field="name")
     for key in ("distribution", "suite", "mirror", "kernel"):
         if key in values:
             kwargs[key] = values[key]
@@ -146,6 +156,15 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
     elif cert != "generated":
         raise err("certificate", "must be 'generated' or {cert: FILE, key: FILE}")
     return Recipe(**kwargs)
+
+
+def _top_key_at(text: str, line0: int) -> str | None:
+    """The top-level key whose block holds 0-based line `line0`."""
+    for line in reversed(text.splitlines()[: line0 + 1]):
+        m = re.match(r"^([A-Za-z_][\w-]*)\s*:", line)
+        if m:
+            return m.group(1)
+    return None
 
 
 def _size_mib(value: str | int, err: Any) -> int:
