@@ -123,6 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "per recipe (default 1)")
     pr.add_argument("--dry-run", action="store_true", help="only show what would go")
     pr.set_defaults(func=cmd_image_prune)
+    _condor_parsers(cmd)  # HTCondor backend block, below
     return parser
 
 
@@ -276,6 +277,167 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
         console.print(f"{verb} {path}")
     console.print(f"{verb} {len(removed)} item(s)")
     return EXIT_PASS
+
+
+# == HTCondor backend (issue 4): submit, status, run-one, dag-node ============================
+# Wiring only; the work is in backends/condor.py (submit side) and backends/condor_node.py
+# (what the DAG runs). See docs/condor.md.
+def _condor_parsers(cmd) -> None:
+    p = cmd("submit", "submit every run of a spec to an HTCondor pool as a DAG "
+                      "(see docs/condor.md)")
+    _spec_args(p)
+    p.add_argument("--pool", nargs="?", const="", default="", metavar="ADDRESS",
+                   help="collector of the pool to submit to (default: the local schedd)")
+    p.add_argument("--style", choices=("vm", "qemu"), default="vm",
+                   help="vm: VM universe jobs (default); qemu: vanilla jobs that boot qemu "
+                        "with `vmharness run-one`, for execute points without VM universe")
+    p.add_argument("--out", type=Path, metavar="RUNDIR",
+                   help="run folder to create (default runs/<time>-<spec name>); the pool's "
+                        "account must be able to reach and write it")
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
+    p.add_argument("--boot", choices=("kernel", "disk"), default="kernel",
+                   help="--style qemu: direct kernel boot (default) or the image's own loader")
+    p.add_argument("--image-delivery", choices=("transfer", "shared", "url"), default="transfer",
+                   help="how base images reach execute points: HTCondor file transfer "
+                        "(default), a shared filesystem (--image-store on it), or a URL")
+    p.add_argument("--image-store", type=Path, metavar="DIR",
+                   help="folder for base images under content-addressed names "
+                        "(default RUNDIR/images)")
+    p.add_argument("--image-url", metavar="URL",
+                   help="with --image-delivery url: where the image store is published")
+    p.add_argument("--retries", type=int, default=2, metavar="N",
+                   help="DAGMan retries of a run that died (infrastructure); default 2")
+    p.add_argument("--held-max", default="30m", metavar="DURATION",
+                   help="remove a job held this long; its run dies with the hold reason "
+                        "(default 30m)")
+    p.add_argument("--queue-max", default="12h", metavar="DURATION",
+                   help="remove any job in the queue this long (default 12h)")
+    p.add_argument("--requirements", metavar="EXPR",
+                   help="extra job requirements (ClassAd), e.g. to avoid bad hosts")
+    p.add_argument("--prep-maxjobs", type=int, default=20, metavar="N",
+                   help="disk-making nodes at once on the submit host (default 20)")
+    p.add_argument("--node-python", metavar="PATH",
+                   help="Python with vmharness for the DAG's nodes on the submit side "
+                        "(default $VMHARNESS_POOL_PYTHON or this one)")
+    p.add_argument("--job-python", metavar="PATH",
+                   help="--style qemu: Python with vmharness on execute points "
+                        "(default as --node-python)")
+    p.add_argument("--max-age", default="7d", metavar="DURATION",
+                   help="rebuild a cached image older than this (default 7d)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the images first")
+    p.add_argument("--wait", action="store_true",
+                   help="stay until the DAG is done, then show the reports (exit as `run`)")
+    p.set_defaults(func=cmd_submit)
+
+    p = cmd("status", "progress of a submitted run folder: runs, jobs, held jobs and why")
+    p.add_argument("rundir", type=Path)
+    p.add_argument("--json", type=Path, metavar="FILE", help="also write the status as JSON")
+    p.set_defaults(func=cmd_status)
+
+    p = cmd("run-one", "boot one prepared VM from its job description (what --style qemu jobs "
+                       "run on execute points; see docs/condor.md)")
+    p.add_argument("job", type=Path, help="job.json written by the DAG's prep node")
+    p.set_defaults(func=cmd_run_one)
+
+    p = cmd("dag-node", "(internal) a step of a submitted DAG: prep, post or final")
+    nsub = p.add_subparsers(dest="node_command", metavar="STEP", required=True)
+    n = nsub.add_parser("prep", help="make one run's disks and job description")
+    n.add_argument("rundir", type=Path)
+    n.add_argument("run_id")
+    n.set_defaults(func=cmd_dag_node)
+    n = nsub.add_parser("post", help="decide and record one attempt (POST script)")
+    n.add_argument("rundir", type=Path)
+    n.add_argument("node", help="DAG node name ($JOB)")
+    n.add_argument("retry", type=int, help="$RETRY")
+    n.add_argument("max_retries", type=int, help="$MAX_RETRIES")
+    n.add_argument("job_id", nargs="?", default="", help="$JOBID")
+    n.set_defaults(func=cmd_dag_node)
+    n = nsub.add_parser("final", help="write the reports (FINAL node)")
+    n.add_argument("rundir", type=Path)
+    n.set_defaults(func=cmd_dag_node)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from .backends import condor
+    from .report import to_json
+    from .rundir import RunFolder, images_for
+
+    opts = condor.SubmitOptions(
+        style=args.style, pool=args.pool or None, boot=args.boot, delivery=args.image_delivery,
+        image_store=args.image_store, image_url=args.image_url, retries=args.retries,
+        prep_maxjobs=args.prep_maxjobs, requirements=args.requirements,
+        held_max_s=parse_duration(args.held_max, field="--held-max"),
+        queue_max_s=parse_duration(args.queue_max, field="--queue-max"),
+        node_python=args.node_python or "", job_python=args.job_python or "")
+    spec, runs = _load(args, need_images=True)
+    schedd = condor.connect(opts.pool)
+    folder = RunFolder.create(spec, runs, args.out, backend="condor")
+    cache = ImageCache()
+    images = images_for(runs, cache, console, max_age_s=_max_age(args), rebuild=args.rebuild)
+    done = condor.submit(folder, runs, images, opts, schedd, condor.cache_content_names(cache))
+    console.print(f"submitted {done.runs} run(s) as DAG cluster {done.cluster} "
+                  f"(--style {opts.style}) in {sum(done.seconds.values()):.1f}s")
+    console.print(f"run folder: [bold]{done.run_dir}[/]  DAG: {done.dag_file}")
+    console.print(f"follow it:  vmharness status {done.run_dir}")
+    if args.json:
+        payload = to_json(folder.report_input())
+        payload["condor"] = {"cluster": done.cluster, "dag": str(done.dag_file),
+                             "style": opts.style}
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+    if not args.wait:
+        return EXIT_PASS
+    condor.wait(folder, say=lambda line: console.print(line, highlight=False))
+    return _finish(folder, args)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from .backends import condor
+    from .rundir import RunFolder
+
+    folder = RunFolder.open(args.rundir)
+    if folder.db.meta().get("backend") != "condor":
+        raise UsageError(f"{args.rundir} was not submitted to a pool",
+                         hint="`vmharness report RUNDIR` shows a local run folder")
+    st = condor.status(folder)
+    console.print(condor.progress_line(st), highlight=False)
+    for layer, counts in sorted(st.jobs.items()):
+        console.print(f"  {layer} jobs: " + ", ".join(f"{n} {s}" for s, n in
+                                                      sorted(counts.items())), highlight=False)
+    if st.held:
+        table = Table(title=f"{len(st.held)} held job(s)")
+        for col in ("run", "job", "held since", "hold reason"):
+            table.add_column(col)
+        for h in st.held:
+            since = dt.datetime.fromtimestamp(h.since).strftime("%H:%M:%S")
+            table.add_row(h.run, h.job, since, h.reason)
+        console.print(table)
+    for run_id, why in st.removed:
+        console.print(f"  removed: run {run_id}: {why}", highlight=False)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(st.as_dict(), indent=1) + "\n")
+    return EXIT_PASS
+
+
+def cmd_run_one(args: argparse.Namespace) -> int:
+    from .backends.condor_node import run_one
+
+    return run_one(args.job, say=lambda m: err_console.print(m, highlight=False))
+
+
+def cmd_dag_node(args: argparse.Namespace) -> int:
+    from .backends import condor_node
+
+    if args.node_command == "prep":
+        return condor_node.node_prep(args.rundir, args.run_id)
+    if args.node_command == "post":
+        return condor_node.node_post(args.rundir, args.node, args.retry, args.max_retries,
+                                     args.job_id)
+    return condor_node.node_final(args.rundir)
+# == end of the HTCondor backend block ==========================================================
 
 
 if __name__ == "__main__":

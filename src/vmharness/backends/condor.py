@@ -1,0 +1,632 @@
+"""The HTCondor backend: a run folder's runs as one DAG on a pool (see docs/condor.md).
+
+Per run the DAG has a chain
+    prep-<id>  local universe: the run's input and output disks (CATEGORY prep, MAXJOBS, RETRY)
+    vm-<id>    the VM job (--style vm: VM universe; --style qemu: vanilla job running
+               `vmharness run-one`), with a POST script that decides the verdict and records it
+               in the run database, exiting non-zero only for infrastructure failures (`died`)
+and one FINAL node, report, writes the reports. Nodes and POST scripts are in condor_node.py.
+
+Layout added to the run folder:
+    condor/runs.dag, prep.sub, vm.sub, report.sub   the DAG (htcondor2.dags' writer)
+    condor/plan.json                                style, images: what the nodes need
+    condor/run-one.sh                               the --style qemu job's executable
+    condor/runs.dag.dagman.out, .nodes.log, ...     DAGMan's own files
+    condor/logs/                                    prep nodes' stdout/stderr
+    images/<content name>                           base images (default store; --image-store)
+    runs/<id>/condor-job.log                        the VM job's event log
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pwd
+import shlex
+import shutil
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InfraError, UsageError
+from ..runner import ImageRef
+from ..spec import Run
+from .condor_node import (
+    CONDOR_DIR,
+    JOB_FILE,
+    JOB_LOG,
+    OUTCOME_FILE,
+    PLAN_FILE,
+    POST_FAILED,
+    SYSTEM_PATH,
+    TIMEOUT_HOLD_SUBCODE,
+    host_of,
+)
+
+STYLES = ("vm", "qemu")
+DELIVERIES = ("transfer", "shared", "url")
+DAG_FILE = "runs.dag"
+IMAGE_STORE = "images"
+QEMU_OVERHEAD_MIB = 256  # qemu's own memory beyond the guest's (see VM-GAHP.md, pitfalls)
+JOB_MARGIN_S = 600  # --style qemu: run-one stops the VM itself; the hold is only a backstop
+# Holds a retry can fix: file transfer failures (12 output, 13 input) except a file that is
+# not there (errno 2) or not readable (13), and the host-side wall-clock hold is never released.
+RETRYABLE_HOLDS = "(HoldReasonCode == 12 || (HoldReasonCode == 13 && " \
+                  "HoldReasonSubCode != 2 && HoldReasonSubCode != 13))"
+POOL_ENV_PYTHON = "VMHARNESS_POOL_PYTHON"
+POOL_ENV_DAGMAN = "VMHARNESS_POOL_DAGMAN"
+POOL_ENV_USER = "VMHARNESS_POOL_USER"
+
+
+@dataclass
+class SubmitOptions:
+    style: str = "vm"
+    pool: str | None = None  # collector address; None: the local schedd of the configuration
+    boot: str = "kernel"  # --style qemu: kernel (direct, fast) | disk (as VM universe does)
+    delivery: str = "transfer"  # how the base image reaches execute points
+    image_store: Path | None = None  # default: RUNDIR/images
+    image_url: str | None = None  # with delivery url: where the store is published
+    retries: int = 2  # DAGMan RETRY of the VM node (infrastructure failures only)
+    release_max: int = 3  # periodic_release while NumJobStarts is below this
+    prep_maxjobs: int = 20
+    prep_retries: int = 3
+    held_max_s: int = 1800  # a job held this long (not released) is removed: the run died
+    queue_max_s: int = 12 * 3600  # any job in the queue this long is removed
+    requirements: str | None = None
+    node_python: str = ""  # submit side: prep, POST, FINAL
+    job_python: str = ""  # execute side (--style qemu)
+    owner: str | None = None  # account the pool runs our jobs as (files must be its)
+    accel: str | None = None  # VMHARNESS_ACCEL for --style qemu jobs
+
+    def __post_init__(self) -> None:
+        if self.style not in STYLES:
+            raise UsageError(f"--style must be one of {', '.join(STYLES)}")
+        if self.delivery not in DELIVERIES:
+            raise UsageError(f"--image-delivery must be one of {', '.join(DELIVERIES)}")
+        if self.delivery == "url" and not self.image_url:
+            raise UsageError("--image-delivery url needs --image-url (where the image store "
+                             "is published, e.g. https://host/vmharness-images/)")
+        if self.delivery == "shared" and self.style == "vm":
+            raise UsageError("--style vm writes to its vda (the base image); it must travel "
+                             "with the job (--image-delivery transfer or url), not be shared",
+                             hint="use --style qemu with a shared image store, where each run "
+                                  "writes to its own overlay")
+        default_py = os.environ.get(POOL_ENV_PYTHON) or sys.executable
+        self.node_python = self.node_python or default_py
+        self.job_python = self.job_python or default_py
+        if self.owner is None and os.geteuid() == 0:
+            self.owner = os.environ.get(POOL_ENV_USER) or None
+        if self.accel is None:
+            self.accel = os.environ.get("VMHARNESS_ACCEL") or None
+
+
+@dataclass(frozen=True)
+class StagedImage:
+    """A platform's base image under its content-addressed name in the image store."""
+
+    ref: ImageRef  # paths in the store
+    name: str  # content-addressed file name of the disk
+    kernel_name: str | None
+    initrd_name: str | None
+    size_bytes: int
+
+    def for_job(self, opts: SubmitOptions, path: Path | None) -> str | None:
+        """How the job's sandbox names a staged file (relative: transferred; absolute: shared)."""
+        if path is None:
+            return None
+        return str(path) if opts.delivery == "shared" else path.name
+
+    def inputs(self, opts: SubmitOptions, with_kernel: bool) -> list[str]:
+        """transfer_input_files entries that bring the image into the sandbox."""
+        if opts.delivery == "shared":
+            return []
+        paths = [self.ref.disk] + ([self.ref.kernel, self.ref.initrd] if with_kernel else [])
+        if opts.delivery == "url":
+            base = opts.image_url.rstrip("/") + "/"  # type: ignore[union-attr]
+            return [base + p.name for p in paths if p is not None]
+        return [str(p) for p in paths if p is not None]
+
+
+@dataclass
+class Submitted:
+    run_dir: Path
+    dag_file: Path
+    cluster: int
+    runs: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# -- the pool ---------------------------------------------------------------------------------
+def bindings():
+    try:
+        import htcondor2
+    except ImportError as exc:
+        raise InfraError(f"the HTCondor Python bindings are not installed ({exc})",
+                         hint="pip install 'vmharness[condor]' (module htcondor2)") from None
+    return htcondor2
+
+
+def connect(pool: str | None):
+    """The schedd to submit to, checked to answer now: InfraError (exit 3) when it does not."""
+    htcondor = bindings()
+    where = f"the pool at {pool}" if pool else "the local schedd"
+    hint = ("is the pool up? (`scripts/condor-pool status`; CONDOR_CONFIG="
+            f"{os.environ.get('CONDOR_CONFIG', 'unset')}); give a collector with --pool ADDRESS")
+    try:
+        if pool:
+            ad = htcondor.Collector(pool).locate(htcondor.DaemonType.Schedd)
+            schedd = htcondor.Schedd(ad)
+        else:
+            schedd = htcondor.Schedd()
+        schedd.query(constraint="false", projection=["ClusterId"])
+    except Exception as exc:  # noqa: BLE001 - the bindings raise several kinds
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InfraError(f"cannot reach {where}: {detail}", hint=hint) from None
+    return schedd
+
+
+# -- images -----------------------------------------------------------------------------------
+def stage_images(images: dict[str, ImageRef], store: Path,
+                 content_names: dict[Path, str] | None = None) -> dict[str, StagedImage]:
+    """Put each platform's image into `store` under a content-addressed name (hard link when
+    the store is on the cache's filesystem, else a copy; a name already there is reused)."""
+    store.mkdir(parents=True, exist_ok=True)
+    names = content_names or {}
+    staged: dict[str, StagedImage] = {}
+    done: dict[Path, StagedImage] = {}
+    for platform, ref in images.items():
+        if ref.disk in done:
+            staged[platform] = done[ref.disk]
+            continue
+        name = names.get(ref.disk) or _content_name(ref.disk)
+        stem = name.rsplit(".", 1)[0]
+        disk = _put(ref.disk, store / name)
+        kernel = _put(ref.kernel, store / f"{stem}.vmlinuz") if ref.kernel else None
+        initrd = _put(ref.initrd, store / f"{stem}.initrd.img") if ref.initrd else None
+        s = StagedImage(ref=ImageRef(disk=disk, kernel=kernel, initrd=initrd, cmdline=ref.cmdline,
+                                     apt_source=ref.apt_source, suite=ref.suite, label=ref.label),
+                        name=name, kernel_name=kernel.name if kernel else None,
+                        initrd_name=initrd.name if initrd else None,
+                        size_bytes=disk.stat().st_size)
+        staged[platform] = done[ref.disk] = s
+    return staged
+
+
+def cache_content_names(cache) -> dict[Path, str]:
+    """disk path -> content-addressed name, for the images of a vmharness image cache."""
+    return {i.disk: i.content_name for i in cache.list()}
+
+
+def _content_name(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    stem = path.name.split(".", 1)[0]
+    return f"{stem}-{h.hexdigest()[:16]}.qcow2"
+
+
+def _put(src: Path, dest: Path) -> Path:
+    if dest.exists():
+        return dest  # content-addressed: the same name is the same bytes
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+        tmp.chmod(0o444)
+    os.replace(tmp, dest)
+    return dest
+
+
+# -- the DAG ----------------------------------------------------------------------------------
+def _node_names(run_ids: list[str]):
+    from htcondor2.dags import NodeNameFormatter
+
+    index = {rid: i for i, rid in enumerate(run_ids)}
+
+    class RunNodeNames(NodeNameFormatter):
+        """Node names like vm-0007: the layer and the run id (POST scripts read it back)."""
+
+        def generate(self, layer_name: str, node_index: int) -> str:
+            return f"{layer_name}-{run_ids[node_index]}"
+
+        def parse(self, node_name: str) -> tuple[str, int]:
+            layer, _, rid = node_name.rpartition("-")
+            return layer, index[rid]
+
+    return RunNodeNames()
+
+
+def _policy(opts: SubmitOptions, wall_macro: str) -> dict[str, str]:
+    """periodic_hold/release/remove: see docs/condor.md, 'Job policy'."""
+    started = ("ifThenElse((JobCurrentStartExecutingDate ?: 0) >= (JobCurrentStartDate ?: 0), "
+               "JobCurrentStartExecutingDate, EnteredCurrentStatus)")
+    timeout_hold = f"(HoldReasonCode == 3 && HoldReasonSubCode == {TIMEOUT_HOLD_SUBCODE})"
+    return {
+        "periodic_hold": f"JobStatus == 2 && (time() - {started}) > {wall_macro}",
+        "periodic_hold_reason": f'strcat("vmharness: VM still running after its wall-clock '
+                                f'timeout of ", {wall_macro}, "s")',
+        "periodic_hold_subcode": str(TIMEOUT_HOLD_SUBCODE),
+        "periodic_release": f"NumJobStarts < {opts.release_max} && "
+                            f"(NumHolds ?: 0) < {2 * opts.release_max} && {RETRYABLE_HOLDS} "
+                            f"&& (time() - EnteredCurrentStatus) > 10",
+        "periodic_remove": f"(time() - QDate) > {opts.queue_max_s} || (JobStatus == 5 && "
+                           f"({timeout_hold} || (time() - EnteredCurrentStatus) > "
+                           f"{opts.held_max_s}))",
+    }
+
+
+def _tag(run_dir: Path, style: str, run_macro: str | None = None) -> dict[str, str]:
+    tags = {"My.VmharnessRunDir": json.dumps(str(run_dir)), "My.VmharnessStyle": f'"{style}"'}
+    if run_macro:
+        tags["My.VmharnessRun"] = f'"{run_macro}"'
+    return tags
+
+
+def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
+    """The VM node's submit description; per-run values come from the node's VARS."""
+    logs = f"{run_dir}/runs/$(run)"
+    common = {
+        "initialdir": f"{logs}/work",
+        "log": f"{logs}/{JOB_LOG}",
+        "should_transfer_files": "YES",
+        "when_to_transfer_output": "ON_EXIT",
+        "request_cpus": "$(cpus)",
+        "request_memory": "$(vmh_request_memory)",
+        "request_disk": "$(vmh_request_disk)",
+        **_policy(opts, "$(wall)"),
+        **_tag(run_dir, opts.style, "$(run)"),
+    }
+    if opts.requirements:
+        common["requirements"] = opts.requirements
+    if opts.style == "vm":
+        return {
+            "universe": "vm",
+            "executable": "vmharness-$(run)",  # a label: VM universe runs the disk, not a program
+            "vm_type": "kvm",
+            "vm_memory": "$(memory)",
+            "vm_vcpus": "$(cpus)",
+            "vm_networking": "$(networking)",
+            "vm_disk": "$(vm_disk)",
+            "vm_no_output_vm": "false",
+            "transfer_input_files": "$(inputs)",
+            "transfer_output_files": "output.img",
+            **common,
+        }
+    env = f"PATH={SYSTEM_PATH}" + (f" VMHARNESS_ACCEL={opts.accel}" if opts.accel else "")
+    return {
+        "universe": "vanilla",
+        "executable": f"{run_dir}/{CONDOR_DIR}/run-one.sh",
+        "transfer_executable": "true",
+        "environment": f'"{env}"',
+        "transfer_input_files": "$(inputs)",
+        "transfer_output_files": f"output.img,console.log,{OUTCOME_FILE}",
+        "transfer_output_remaps": f'"console.log = {logs}/console.log"',
+        **common,
+    }
+
+
+def _vm_vars(run: Run, image: StagedImage, opts: SubmitOptions) -> dict[str, str]:
+    with_kernel = opts.style == "qemu" and opts.boot == "kernel" and image.ref.kernel is not None
+    inputs = ["input.img", "output.img"] + image.inputs(opts, with_kernel)
+    if opts.style == "qemu":
+        inputs.insert(0, JOB_FILE)
+    disk_kib = (image.size_bytes if opts.delivery != "shared" else 0) // 1024 \
+        + (run.vm.output_size_mib + 64) * 1024 + 65536
+    wall = run.wall_timeout_s + (JOB_MARGIN_S if opts.style == "qemu" else 0)
+    v = {
+        "run": run.id,
+        "cpus": str(run.vm.cpus),
+        "memory": str(run.vm.memory_mib),
+        "vmh_request_memory": str(run.vm.memory_mib + QEMU_OVERHEAD_MIB),
+        "vmh_request_disk": str(disk_kib),
+        "wall": str(wall),
+        "inputs": ",".join(inputs),
+    }
+    if opts.style == "vm":
+        v["networking"] = "true" if run.vm.network != "none" else "false"
+        v["vm_disk"] = f"{image.name}:vda:w:qcow2,input.img:vdb:r:raw,output.img:vdc:w:raw"
+    return v
+
+
+def _node_description(run_dir: Path, opts: SubmitOptions, args: str, out: str) -> dict[str, str]:
+    return {
+        "universe": "local",
+        "executable": opts.node_python,
+        "arguments": f'"-m vmharness.cli dag-node {args}"',
+        "output": f"{out}.out",
+        "error": f"{out}.err",
+        "environment": f'"PATH={SYSTEM_PATH} PYTHONUNBUFFERED=1"',
+        **_tag(run_dir, opts.style),
+    }
+
+
+RUN_ONE_SH = """#!/bin/sh
+# vmharness --style qemu job: boot the VM that job.json describes, as the local backend does.
+# Only output.img, console.log and outcome.json go back; outcome.json always exists.
+export PATH="{path}:$PATH"
+touch console.log
+rm -f outcome.json
+{python} -m vmharness.cli run-one job.json 2>run-one.err
+rc=$?
+if [ ! -s outcome.json ]; then
+    host=$(hostname)
+    {{ echo "--- vmharness run-one failed (exit $rc) on $host; its stderr:"
+       tail -n 40 run-one.err; }} >>console.log
+    printf '{{"format": 1, "ended": "error", "seconds": 0, "accelerator": "", "host": "%s", '\\
+'"reason": "vmharness run-one failed with exit code %s on %s; see console.log"}}\\n' \\
+        "$host" "$rc" "$host" >outcome.json
+fi
+exit 0
+"""
+
+
+def write_dag(run_dir: Path, runs: list[Run], staged: dict[str, StagedImage],
+              opts: SubmitOptions) -> Path:
+    """Write the DAG, its submit descriptions, the plan and the job wrapper into RUNDIR/condor."""
+    htcondor = bindings()
+    from htcondor2 import dags
+
+    run_dir = run_dir.resolve()
+    if any(c.isspace() for c in str(run_dir)):
+        raise UsageError(f"the run folder's path has white space, which DAG files cannot carry: "
+                         f"{run_dir}", hint="choose another --out")
+    cdir = run_dir / CONDOR_DIR
+    (cdir / "logs").mkdir(parents=True, exist_ok=True)
+    plan = {
+        "format": 1, "style": opts.style, "boot": opts.boot, "delivery": opts.delivery,
+        "images": {
+            platform: {
+                "disk": str(s.ref.disk), "kernel": str(s.ref.kernel) if s.ref.kernel else None,
+                "initrd": str(s.ref.initrd) if s.ref.initrd else None, "cmdline": s.ref.cmdline,
+                "apt_source": s.ref.apt_source, "suite": s.ref.suite, "label": s.ref.label,
+                "job_disk": s.for_job(opts, s.ref.disk),
+                "job_kernel": s.for_job(opts, s.ref.kernel),
+                "job_initrd": s.for_job(opts, s.ref.initrd),
+            } for platform, s in staged.items()
+        },
+    }
+    (cdir / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+    if opts.style == "qemu":
+        wrapper = cdir / "run-one.sh"
+        wrapper.write_text(RUN_ONE_SH.format(path=SYSTEM_PATH, python=shlex.quote(opts.job_python)))
+        wrapper.chmod(0o755)
+
+    rd = str(run_dir)
+    dag = dags.DAG()
+    prep = dag.layer(
+        name="prep",
+        submit_description=htcondor.Submit(
+            _node_description(run_dir, opts, f"prep {rd} $(run)", f"{cdir}/logs/prep-$(run)")),
+        vars=[{"run": r.id} for r in runs],
+        retries=opts.prep_retries, category="prep")
+    prep.child_layer(
+        name="vm", edge=dags.OneToOne(),
+        submit_description=htcondor.Submit(vm_description(run_dir, opts)),
+        vars=[_vm_vars(r, staged[r.platform.name], opts) for r in runs],
+        retries=opts.retries, retry_unless_exit=POST_FAILED,
+        post=dags.Script(opts.node_python, arguments=[
+            "-m", "vmharness.cli", "dag-node", "post", rd, "$JOB", "$RETRY", "$MAX_RETRIES",
+            "$JOBID"]))
+    final = htcondor.Submit(_node_description(run_dir, opts, f"final {rd}", f"{cdir}/report"))
+    dag.final(name="report", submit_description=final)
+    dag_file = dags.write_dag(dag, cdir, dag_file_name=DAG_FILE,
+                              node_name_formatter=_node_names([r.id for r in runs]))
+    (cdir / "report.sub").write_text(str(final))  # the writer only writes layers' files
+    # DAG(max_jobs_by_category=...) of the 25.x bindings writes "CATEGORY prep N", which DAGMan
+    # rejects; the throttle's own syntax is MAXJOBS.
+    with dag_file.open("a") as f:
+        f.write(f"MAXJOBS prep {opts.prep_maxjobs}\n")
+    return dag_file
+
+
+def give_to(owner: str, run_dir: Path, store: Path) -> None:
+    """Make the run folder the pool account's: its jobs, DAGMan and POST scripts write there.
+    Files in the image store stay as they are (they may be hard links into the image cache)."""
+    pw = pwd.getpwnam(owner)
+    _check_reachable(run_dir, pw)
+    store = store.resolve()
+    for root, _dirs, files in os.walk(run_dir):
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+        if Path(root).resolve() == store:
+            continue
+        for name in files:
+            os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+
+def _check_reachable(path: Path, pw: pwd.struct_passwd) -> None:
+    for parent in path.resolve().parents:
+        st = parent.stat()
+        if st.st_mode & 0o001 or st.st_uid == pw.pw_uid:
+            continue
+        if st.st_mode & 0o010 and st.st_gid == pw.pw_gid:
+            continue
+        raise UsageError(f"the pool's account {pw.pw_name} cannot enter {parent} (mode "
+                         f"{st.st_mode & 0o777:o}), so it cannot reach the run folder {path}",
+                         hint="choose an --out under a folder everyone may enter, e.g. /tmp")
+
+
+def submit_dag(schedd, dag_file: Path, opts: SubmitOptions) -> int:
+    htcondor = bindings()
+    options: dict[str, Any] = {"AllowVersionMismatch": True, "force": True}
+    if os.environ.get(POOL_ENV_DAGMAN):
+        options["DagmanPath"] = os.environ[POOL_ENV_DAGMAN]
+    cwd = os.getcwd()
+    os.chdir(dag_file.parent)  # the DAG's files are named relative to its folder
+    try:
+        description = htcondor.Submit.from_dag(str(dag_file), options)
+    finally:
+        os.chdir(cwd)
+    description["initialdir"] = str(dag_file.parent)
+    description["My.VmharnessRunDir"] = json.dumps(str(dag_file.parent.parent))
+    try:
+        return schedd.submit(description).cluster()
+    except Exception as exc:  # noqa: BLE001
+        raise InfraError(f"the schedd refused the DAG: {exc}",
+                         hint="condor_q -analyze, and the schedd's log") from None
+
+
+def submit(folder, runs: list[Run], images: dict[str, ImageRef], opts: SubmitOptions, schedd,
+           content_names: dict[Path, str] | None = None) -> Submitted:
+    """Stage the images, write the DAG, hand the folder to the pool's account, submit."""
+    t0 = time.monotonic()
+    run_dir = folder.path.resolve()
+    store = (opts.image_store or run_dir / IMAGE_STORE).resolve()
+    staged = stage_images(images, store, content_names)
+    t1 = time.monotonic()
+    dag_file = write_dag(run_dir, runs, staged, opts)
+    folder.db.set_meta(condor={"style": opts.style, "delivery": opts.delivery,
+                               "image_store": str(store), "pool": opts.pool or "local"})
+    if opts.owner:
+        give_to(opts.owner, run_dir, store)
+    t2 = time.monotonic()
+    cluster = submit_dag(schedd, dag_file, opts)
+    folder.db.set_meta(condor_cluster=cluster)
+    t3 = time.monotonic()
+    return Submitted(run_dir=run_dir, dag_file=dag_file, cluster=cluster, runs=len(runs),
+                     seconds={"images": t1 - t0, "dag": t2 - t1, "submit": t3 - t2})
+
+
+# -- following a DAG --------------------------------------------------------------------------
+@dataclass
+class Held:
+    run: str
+    node: str
+    job: str
+    reason: str
+    since: float
+
+
+@dataclass
+class Status:
+    run_dir: Path
+    dag_state: str  # not submitted | queued | running | done | removed
+    dag_exit: int | None
+    dag_cluster: int | None
+    jobs: dict[str, Counter] = field(default_factory=dict)  # layer -> state -> count
+    held: list[Held] = field(default_factory=list)
+    removed: list[tuple[str, str]] = field(default_factory=list)  # (run, reason)
+    runs: Counter = field(default_factory=Counter)  # pending | running | done
+    statuses: Counter = field(default_factory=Counter)
+    total: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.dag_state in ("done", "removed")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir), "dag": {"state": self.dag_state, "exit_code":
+                                                  self.dag_exit, "cluster": self.dag_cluster},
+            "jobs": {k: dict(v) for k, v in self.jobs.items()},
+            "held": [vars(h) for h in self.held],
+            "removed": [{"run": r, "reason": why} for r, why in self.removed],
+            "runs": {"total": self.total, **dict(self.runs)}, "statuses": dict(self.statuses),
+        }
+
+
+def status(folder) -> Status:
+    """Progress of a submitted run folder: DAGMan's and the jobs' event logs + the run DB."""
+    htcondor = bindings()
+    T = htcondor.JobEventType
+    cdir = folder.path / CONDOR_DIR
+    meta = folder.db.meta()
+    st = Status(run_dir=folder.path, dag_state="not submitted", dag_exit=None,
+                dag_cluster=meta.get("condor_cluster"))
+    dag_log = cdir / f"{DAG_FILE}.dagman.log"
+    if dag_log.is_file():
+        st.dag_state = "queued"
+        for ev in htcondor.JobEventLog(str(dag_log)).events(stop_after=0):
+            if ev.type == T.EXECUTE:
+                st.dag_state = "running"
+            elif ev.type == T.JOB_TERMINATED:
+                st.dag_state, st.dag_exit = "done", int(ev.get("ReturnValue", -1) or 0)
+            elif ev.type == T.JOB_ABORTED:
+                st.dag_state = "removed"
+    nodes_log = cdir / f"{DAG_FILE}.nodes.log"
+    node_of: dict[tuple[int, int], str] = {}
+    state_of: dict[str, tuple[str, tuple[int, int], float, str]] = {}
+    if nodes_log.is_file():
+        for ev in htcondor.JobEventLog(str(nodes_log)).events(stop_after=0):
+            key = (ev.cluster, ev.proc)
+            if ev.type == T.SUBMIT:
+                notes = str(ev.get("LogNotes", ""))
+                node = notes.split("DAG Node:", 1)[-1].strip() if "DAG Node:" in notes else ""
+                if node:
+                    node_of[key] = node
+                    state_of[node] = ("idle", key, ev.timestamp, "")
+                continue
+            node = node_of.get(key)
+            if node is None:
+                continue
+            new = {T.EXECUTE: "running", T.JOB_HELD: "held", T.JOB_RELEASED: "idle",
+                   T.JOB_EVICTED: "idle", T.JOB_TERMINATED: "done",
+                   T.JOB_ABORTED: "removed"}.get(ev.type)
+            if new:
+                why = str(ev.get("HoldReason", "") if new == "held" else
+                          ev.get("Reason", "") if new == "removed" else "")
+                state_of[node] = (new, key, ev.timestamp, why)
+    for node, (state, key, when, why) in sorted(state_of.items()):
+        layer, _, run_id = node.rpartition("-")
+        st.jobs.setdefault(layer or node, Counter())[state] += 1
+        if state == "held":
+            st.held.append(Held(run=run_id, node=node, job=f"{key[0]}.{key[1]}", reason=why,
+                                since=when))
+        elif state == "removed" and layer == "vm":
+            st.removed.append((run_id, why))
+    results = folder.db.results()
+    for run_id, (state, _attempts) in folder.db.states().items():
+        st.total += 1
+        st.runs[state] += 1
+        if state == "done" and run_id in results:
+            st.statuses[results[run_id].status] += 1
+    return st
+
+
+def wait(folder, *, poll_s: float = 2.0, say: Callable[[str], None] = lambda _m: None,
+         timeout_s: float | None = None) -> Status:
+    """Block until DAGMan has left the queue; say() a progress line whenever it changes."""
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    last = ""
+    while True:
+        st = status(folder)
+        line = progress_line(st)
+        if line != last:
+            say(line)
+            last = line
+        if st.finished:
+            return st
+        if deadline is not None and time.monotonic() > deadline:
+            raise InfraError(f"the DAG did not finish within {timeout_s:.0f}s",
+                             hint=f"vmharness status {folder.path}")
+        time.sleep(poll_s)
+
+
+def progress_line(st: Status) -> str:
+    vm = st.jobs.get("vm", Counter())
+    parts = [f"DAG {st.dag_state}" + (f" (exit {st.dag_exit})" if st.dag_exit is not None
+                                      else ""),
+             f"runs {st.runs.get('done', 0)}/{st.total} done"]
+    if vm:
+        parts.append("VM jobs " + ", ".join(f"{n} {s}" for s, n in sorted(vm.items())))
+    if st.statuses:
+        parts.append(", ".join(f"{s} {n}" for s, n in sorted(st.statuses.items())))
+    return "; ".join(parts)
+
+
+def remove(folder, schedd=None, reason: str = "removed by vmharness") -> None:
+    """Remove the DAG (DAGMan removes its node jobs) and anything else of this run folder."""
+    htcondor = bindings()
+    schedd = schedd or htcondor.Schedd()
+    schedd.act(htcondor.JobAction.Remove,
+               f"VmharnessRunDir == {json.dumps(str(folder.path.resolve()))}", reason=reason)
+
+
+__all__ = ["SubmitOptions", "Status", "Submitted", "connect", "host_of", "remove", "stage_images",
+           "status", "submit", "wait", "write_dag", "cache_content_names"]
