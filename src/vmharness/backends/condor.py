@@ -271,31 +271,31 @@ def _tag(run_dir: Path, style: str, run_macro: str | None = None) -> dict[str, s
 
 def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
     """The VM node's submit description; per-run values come from the node's VARS."""
-    logs = f"{run_dir}/runs/$(run)"
+    logs = f"{run_dir}/runs/$(vmh_run)"
     common = {
         "initialdir": f"{logs}/work",
         "log": f"{logs}/{JOB_LOG}",
         "should_transfer_files": "YES",
         "when_to_transfer_output": "ON_EXIT",
-        "request_cpus": "$(cpus)",
+        "request_cpus": "$(vmh_cpus)",
         "request_memory": "$(vmh_request_memory)",
         "request_disk": "$(vmh_request_disk)",
-        **_policy(opts, "$(wall)"),
-        **_tag(run_dir, opts.style, "$(run)"),
+        **_policy(opts, "$(vmh_wall)"),
+        **_tag(run_dir, opts.style, "$(vmh_run)"),
     }
     if opts.requirements:
         common["requirements"] = opts.requirements
     if opts.style == "vm":
         return {
             "universe": "vm",
-            "executable": "vmharness-$(run)",  # a label: VM universe runs the disk, not a program
+            "executable": "vmharness-$(vmh_run)",  # only a label: the VM runs from its disk
             "vm_type": "kvm",
-            "vm_memory": "$(memory)",
-            "vm_vcpus": "$(cpus)",
-            "vm_networking": "$(networking)",
-            "vm_disk": "$(vm_disk)",
+            "vm_memory": "$(vmh_memory)",
+            "vm_vcpus": "$(vmh_cpus)",
+            "vm_networking": "$(vmh_networking)",
+            "vm_disk": "$(vmh_vm_disk)",
             "vm_no_output_vm": "false",
-            "transfer_input_files": "$(inputs)",
+            "transfer_input_files": "$(vmh_inputs)",
             "transfer_output_files": "output.img",
             **common,
         }
@@ -305,7 +305,7 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
         "executable": f"{run_dir}/{CONDOR_DIR}/run-one.sh",
         "transfer_executable": "true",
         "environment": f'"{env}"',
-        "transfer_input_files": "$(inputs)",
+        "transfer_input_files": "$(vmh_inputs)",
         "transfer_output_files": f"output.img,console.log,{OUTCOME_FILE}",
         "transfer_output_remaps": f'"console.log = {logs}/console.log"',
         **common,
@@ -321,17 +321,17 @@ def _vm_vars(run: Run, image: StagedImage, opts: SubmitOptions) -> dict[str, str
         + (run.vm.output_size_mib + 64) * 1024 + 65536
     wall = run.wall_timeout_s + (JOB_MARGIN_S if opts.style == "qemu" else 0)
     v = {
-        "run": run.id,
-        "cpus": str(run.vm.cpus),
-        "memory": str(run.vm.memory_mib),
+        "vmh_run": run.id,
+        "vmh_cpus": str(run.vm.cpus),
+        "vmh_memory": str(run.vm.memory_mib),
         "vmh_request_memory": str(run.vm.memory_mib + QEMU_OVERHEAD_MIB),
         "vmh_request_disk": str(disk_kib),
-        "wall": str(wall),
-        "inputs": ",".join(inputs),
+        "vmh_wall": str(wall),
+        "vmh_inputs": ",".join(inputs),
     }
     if opts.style == "vm":
-        v["networking"] = "true" if run.vm.network != "none" else "false"
-        v["vm_disk"] = f"{image.name}:vda:w:qcow2,input.img:vdb:r:raw,output.img:vdc:w:raw"
+        v["vmh_networking"] = "true" if run.vm.network != "none" else "false"
+        v["vmh_vm_disk"] = f"{image.name}:vda:w:qcow2,input.img:vdb:r:raw,output.img:vdc:w:raw"
     return v
 
 
@@ -403,8 +403,9 @@ def write_dag(run_dir: Path, runs: list[Run], staged: dict[str, StagedImage],
     prep = dag.layer(
         name="prep",
         submit_description=htcondor.Submit(
-            _node_description(run_dir, opts, f"prep {rd} $(run)", f"{cdir}/logs/prep-$(run)")),
-        vars=[{"run": r.id} for r in runs],
+            _node_description(run_dir, opts, f"prep {rd} $(vmh_run)",
+                              f"{cdir}/logs/prep-$(vmh_run)")),
+        vars=[{"vmh_run": r.id} for r in runs],
         retries=opts.prep_retries, category="prep")
     prep.child_layer(
         name="vm", edge=dags.OneToOne(),
