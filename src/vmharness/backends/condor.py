@@ -381,6 +381,7 @@ def write_dag(run_dir: Path, runs: list[Run], staged: dict[str, StagedImage],
     (cdir / "logs").mkdir(parents=True, exist_ok=True)
     plan = {
         "format": 1, "style": opts.style, "boot": opts.boot, "delivery": opts.delivery,
+        "held_max_s": opts.held_max_s, "queue_max_s": opts.queue_max_s,
         "images": {
             platform: {
                 "disk": str(s.ref.disk), "kernel": str(s.ref.kernel) if s.ref.kernel else None,
@@ -553,6 +554,7 @@ def status(folder) -> Status:
     nodes_log = cdir / f"{DAG_FILE}.nodes.log"
     node_of: dict[tuple[int, int], str] = {}
     state_of: dict[str, tuple[str, tuple[int, int], float, str]] = {}
+    last_hold: dict[str, str] = {}
     if nodes_log.is_file():
         for ev in htcondor.JobEventLog(str(nodes_log)).events(stop_after=0):
             key = (ev.cluster, ev.proc)
@@ -569,9 +571,17 @@ def status(folder) -> Status:
             new = {T.EXECUTE: "running", T.JOB_HELD: "held", T.JOB_RELEASED: "idle",
                    T.JOB_EVICTED: "idle", T.JOB_TERMINATED: "done",
                    T.JOB_ABORTED: "removed"}.get(ev.type)
-            if new:
-                why = str(ev.get("HoldReason", "") if new == "held" else
-                          ev.get("Reason", "") if new == "removed" else "")
+            if new and state_of[node][0] != "done":  # an ended job is "aborted" at DAG exit
+                why = ""
+                if new == "held":
+                    why = str(ev.get("HoldReason", "") or "held")
+                    last_hold[node] = why
+                elif new == "removed":
+                    why = str(ev.get("Reason", "") or "condor_rm, no reason given")
+                    if "PeriodicRemove" in why:
+                        why = "by the job policy (--held-max or --queue-max)"
+                    if node in last_hold:
+                        why += f"; it had been held: {last_hold[node]}"
                 state_of[node] = (new, key, ev.timestamp, why)
     for node, (state, key, when, why) in sorted(state_of.items()):
         layer, _, run_id = node.rpartition("-")

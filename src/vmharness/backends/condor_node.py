@@ -206,30 +206,44 @@ def read_history(log: Path, job_id: str = "") -> JobHistory:
             hist.terminated, hist.ended = True, event.timestamp
             if event.get("TerminatedNormally", True):
                 hist.return_value = int(event.get("ReturnValue", 0) or 0)
-        elif event.type == T.JOB_ABORTED:
+        elif event.type == T.JOB_ABORTED and not hist.terminated:
+            # (a job that ended is "aborted" again when DAGMan leaves the queue: not a removal)
             hist.aborted, hist.ended = True, event.timestamp
-            hist.abort_reason = str(event.get("Reason", "") or "removed")
+            hist.abort_reason = str(event.get("Reason", "") or "")
     return hist
 
 
-def outcome_from(hist: JobHistory, outcome: VMOutcome | None, style: str) -> VMOutcome:
+def removal_reason(hist: JobHistory, plan: dict[str, Any] | None = None) -> str:
+    """Why a job left the queue without ending, in words."""
+    plan = plan or {}
+    why = hist.abort_reason
+    if "PeriodicRemove" in why:  # our own policy (see condor.py, _policy)
+        if hist.holds:
+            held_max = plan.get("held_max_s")
+            return (f"held for longer than {held_max}s (--held-max) and removed; hold reason: "
+                    if held_max is not None else "held too long and removed; hold reason: ") \
+                + hist.last_hold
+        return f"in the queue for longer than {plan.get('queue_max_s', '?')}s (--queue-max)"
+    text = f"removed ({why})" if why else "removed (condor_rm; no reason given)"
+    return text + (f"; it had been held: {hist.last_hold}" if hist.holds else "")
+
+
+def outcome_from(hist: JobHistory, outcome: VMOutcome | None, style: str,
+                 plan: dict[str, Any] | None = None) -> VMOutcome:
     """How the VM ended, from what run-one wrote (qemu style) or the job's events alone."""
     seconds = (hist.ended - hist.started) if hist.ended and hist.started else 0.0
-    held = f"; it had been held: {hist.last_hold}" if hist.holds else ""
     if hist.aborted:
         if hist.timed_out:
             return VMOutcome(ended="timeout", seconds=seconds, accelerator="", host=hist.host,
                              reason=hist.last_hold)
         return VMOutcome(ended="error", seconds=seconds, accelerator="", host=hist.host,
-                         reason=f"the HTCondor job {hist.job_id} was removed: "
-                                f"{hist.abort_reason}{held}")
+                         reason=f"HTCondor job {hist.job_id}: {removal_reason(hist, plan)}")
     if not hist.terminated:
         return VMOutcome(ended="error", seconds=seconds, accelerator="", host=hist.host,
                          reason=f"the HTCondor job {hist.job_id or '(none)'} left no end in its "
                                 "event log (was it ever submitted? see condor/*.dagman.out)")
     if outcome is not None:
-        if not outcome.host:
-            outcome.host = hist.host
+        outcome.host = hist.host or outcome.host  # the execute point's name in the pool
         return outcome
     if style == "vm":  # VM universe: the job ends when the guest powers off
         ok = hist.return_value == 0
@@ -314,7 +328,7 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
         result = RunResult(run_id=run.id, status="died", attempt=attempt, reason=why,
                            host=hist.host)
     else:
-        outcome = outcome_from(hist, read_outcome(work / OUTCOME_FILE), plan["style"])
+        outcome = outcome_from(hist, read_outcome(work / OUTCOME_FILE), plan["style"], plan)
         job = job_in(desc, work)
         job = VMJob(**{**asdict(job), "console_log": log_dir / "console.log"})
         try:
