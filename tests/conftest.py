@@ -1,0 +1,180 @@
+"""Shared fixtures.
+
+CI runs on 2 cores under TCG within 90 minutes, so the expensive things happen once:
+- `base_image` (session): the debian-12 image from the ordinary cache (`ImageCache()`, which
+  honours VMHARNESS_CACHE), built there only if missing, so `make demo`'s image is reused and
+  every VM test shares it. Building takes one to two minutes.
+- Tests that boot VMs are marked `@pytest.mark.vm` and are skipped (not failed) where they cannot
+  run: not root, or qemu / mmdebstrap missing. They run with VMHARNESS_ACCEL unset (auto), so
+  the accelerator probe is exercised as a user would meet it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples"
+SHARED = REPO.parent / "shared"  # peer data; absent in a user's fresh clone
+VM_TOOLS = ("qemu-system-x86_64", "qemu-img", "mmdebstrap")
+
+
+def vm_skip_reason() -> str | None:
+    """Why VM tests cannot run here, or None when they can."""
+    if os.geteuid() != 0:
+        return "VM tests need root (the image build uses mmdebstrap --mode=root)"
+    missing = [t for t in VM_TOOLS if not shutil.which(t)]
+    if missing:
+        return f"VM tests need {', '.join(missing)} (sudo apt-get install qemu-system-x86 " \
+               "qemu-utils mmdebstrap, or `make setup`)"
+    return None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    reason = vm_skip_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=reason)
+    for item in items:
+        if item.get_closest_marker("vm"):
+            item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _accelerator_auto(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """VM tests pick the accelerator as a user's run would (auto: KVM only if a probe boots)."""
+    if request.node.get_closest_marker("vm"):
+        monkeypatch.delenv("VMHARNESS_ACCEL", raising=False)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment for a `vmharness` subprocess: auto accelerator, wide plain output."""
+    env = {k: v for k, v in os.environ.items() if k != "VMHARNESS_ACCEL"}
+    env.update(COLUMNS="200", NO_COLOR="1", TERM="dumb", PYTHONUNBUFFERED="1")
+    env.update(extra)
+    return env
+
+
+def vmharness_argv(*args: str | Path) -> list[str]:
+    """The console script beside this Python (the venv's), else `python -m vmharness.cli`."""
+    script = Path(sys.executable).parent / "vmharness"
+    base = [str(script)] if script.is_file() else [sys.executable, "-m", "vmharness.cli"]
+    return base + [str(a) for a in args]
+
+
+def run_cli(*args: str | Path, timeout: float = 120, cwd: Path | None = None,
+            **popen: object) -> subprocess.CompletedProcess[str]:
+    """Run `vmharness ARGS` to the end; the output is shown in the test report on failure."""
+    t0 = time.monotonic()
+    proc = subprocess.run(vmharness_argv(*args), capture_output=True, text=True,
+                          timeout=timeout, env=cli_env(), cwd=cwd or REPO, **popen)
+    print(f"$ vmharness {' '.join(map(str, args))}   -> exit {proc.returncode} "
+          f"in {time.monotonic() - t0:.1f}s")
+    print(proc.stdout[-6000:])
+    print(proc.stderr[-4000:], file=sys.stderr)
+    return proc
+
+
+@pytest.fixture(scope="session")
+def base_image():
+    """The debian-12 base image from the ordinary cache, built once if missing."""
+    reason = vm_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from vmharness.images.cache import ImageCache
+    from vmharness.images.recipe import load_recipe
+
+    cache = ImageCache()  # default root: VMHARNESS_CACHE or ~/.cache/vmharness
+    recipe = load_recipe("debian-12")
+    t0 = time.monotonic()
+    image = cache.get(recipe, progress=lambda m: print(f"[image] {m}", flush=True))
+    print(f"base image {image.folder} ready in {time.monotonic() - t0:.1f}s")
+    # Probe the accelerator once, as `vmharness run` would (the result is cached for a day),
+    # so that vmharness processes started together by a test do not all probe at once.
+    from vmharness.backends import local
+
+    os.environ.pop(local.ACCEL_ENV, None)
+    local.choose_accelerator(image.kernel, cache.root, say=lambda m: print(m, flush=True))
+    return image
+
+
+def spec_text(command: str, *, timeout: str = "2m", package_sets: list[str] | None = None,
+              wall_timeout: str | None = None, memory: str = "512M",
+              output_size: str | None = None, debug: bool = False, fmt: str = "exit-code",
+              extra: str = "") -> str:
+    """A spec for debian-12, no network, one run per package-set label (all without packages)."""
+    labels = package_sets or ["base system"]
+    sets = "".join(f"  - label: {label}\n    packages: []\n" for label in labels)
+    vm = [f"  memory: {memory}", "  network: none"]
+    if wall_timeout:
+        vm.append(f"  wall_timeout: {wall_timeout}")
+    if output_size:
+        vm.append(f"  output_size: {output_size}")
+    if debug:
+        vm.append("  debug: true")
+    body = textwrap.indent(command.strip("\n"), "    ")
+    return (
+        "platforms: [debian-12]\n"
+        "sources:\n  - label: image packages\n    repos: [main]\n"
+        f"package_sets:\n{sets}"
+        f"test:\n  command: |\n{body}\n  timeout: {timeout}\n  format: {fmt}\n"
+        "vm:\n" + "\n".join(vm) + "\n" + extra
+    )
+
+
+@pytest.fixture
+def make_spec(tmp_path: Path) -> Callable[..., Path]:
+    """make_spec(command, name="spec.yaml", **spec_text options) -> the spec file's path."""
+
+    def _make(command: str, name: str = "spec.yaml", **options: object) -> Path:
+        path = tmp_path / name
+        path.write_text(spec_text(command, **options))  # type: ignore[arg-type]
+        return path
+
+    return _make
+
+
+def qemu_pids_under(folder: Path) -> list[int]:
+    """qemu processes whose command line names a path under `folder` (its console log, disks).
+
+    A test's run folders are unique, so this finds exactly the VMs that test started, and never
+    another user's or another test's VM (no broad `pkill -f`).
+    """
+    needle = str(folder).encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and b"qemu-system" in argv[0] and any(needle in a for a in argv):
+            pids.append(int(entry.name))
+    return pids
+
+
+def kill_pids(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def no_vm_left_behind(tmp_path: Path) -> Iterator[None]:
+    """After the test, no qemu of this test's run folders is still running (killed if so)."""
+    yield
+    left = qemu_pids_under(tmp_path)
+    kill_pids(left)
+    assert not left, f"qemu processes left running after the test: {left}"
