@@ -379,16 +379,21 @@ def cmd_submit(args: argparse.Namespace) -> int:
                   f"(--style {opts.style}) in {sum(done.seconds.values()):.1f}s")
     console.print(f"run folder: [bold]{done.run_dir}[/]  DAG: {done.dag_file}")
     console.print(f"follow it:  vmharness status {done.run_dir}")
-    if args.json:
-        payload = to_json(folder.report_input())
-        payload["condor"] = {"cluster": done.cluster, "dag": str(done.dag_file),
-                             "style": opts.style}
+    about = {"cluster": done.cluster, "dag": str(done.dag_file), "style": opts.style}
+
+    def write_json(payload: dict) -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(payload, indent=1) + "\n")
+        args.json.write_text(json.dumps({**payload, "condor": about}, indent=1) + "\n")
+
+    if args.json:
+        write_json(to_json(folder.report_input()))
     if not args.wait:
         return EXIT_PASS
     condor.wait(folder, say=lambda line: console.print(line, highlight=False))
-    return _finish(folder, args)
+    code = _finish(folder, args)
+    if args.json:
+        write_json(json.loads(args.json.read_text()))
+    return code
 
 
 def cmd_status(args: argparse.Namespace) -> int:
