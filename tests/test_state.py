@@ -168,9 +168,6 @@ def test_interrupted_attempt_stays_recorded_after_the_rerun(db: RunDB) -> None:
     assert [a["status"] for a in db.attempts("0001")] == ["interrupted", None]
 
 
-@pytest.mark.xfail(strict=True, reason="state.py RunDB.tx(): one sqlite connection shared by the "
-                   "scheduler's threads and no lock, so concurrent BEGIN IMMEDIATE fails with "
-                   "'cannot start a transaction within a transaction' (crashes --jobs 2 runs)")
 def test_transactions_from_two_threads(db: RunDB) -> None:
     """The scheduler's worker threads share one RunDB: a transaction in one thread must not
     break another thread's (jobs > 1 crashed with 'cannot start a transaction within a
@@ -202,9 +199,6 @@ def test_transactions_from_two_threads(db: RunDB) -> None:
     assert db.states()["0002"] == (RUNNING, 1)
 
 
-@pytest.mark.xfail(strict=True, reason="state.py RunDB.tx(): one sqlite connection shared by the "
-                   "scheduler's threads and no lock, so concurrent BEGIN IMMEDIATE fails with "
-                   "'cannot start a transaction within a transaction' (crashes --jobs 2 runs)")
 def test_many_threads_start_and_finish(db: RunDB, runs) -> None:
     """What --jobs N does: attempts started and finished from several threads at once."""
     errors: list[BaseException] = []

@@ -58,6 +58,6 @@ class UsageError(VmharnessError):
 
 
 class InfraError(VmharnessError):
-    """Something outside the tests failed (qemu missing, mirror down, schedd unreachable). Exit 3."""
+    """Something outside the tests failed (qemu or the mirror or the schedd). Exit 3."""
 
     exit_code = EXIT_INFRA

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -56,6 +57,9 @@ class RunDB:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(_SCHEMA)
+        # One connection shared by the scheduler's threads: one statement or transaction at
+        # a time (other processes are kept in order by SQLite's own locking).
+        self._lock = threading.RLock()
 
     @classmethod
     def open_existing(cls, run_dir: Path) -> RunDB:
@@ -71,13 +75,18 @@ class RunDB:
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        self.conn.execute("COMMIT")
+        with self._lock:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        with self._lock:
+            return self.conn.execute(sql, params).fetchall()
 
     # -- meta -------------------------------------------------------------------------------
     def set_meta(self, **values: Any) -> None:
@@ -86,7 +95,7 @@ class RunDB:
                 c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
 
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self.conn.execute("SELECT key, value FROM meta")}
+        return {k: json.loads(v) for k, v in self._query("SELECT key, value FROM meta")}
 
     # -- runs -------------------------------------------------------------------------------
     def add_runs(self, runs: Iterable[Run]) -> None:
@@ -98,15 +107,15 @@ class RunDB:
                 [(r.id, i, json.dumps(run_to_dict(r)), PENDING, now) for i, r in enumerate(runs)])
 
     def runs(self) -> list[Run]:
-        rows = self.conn.execute("SELECT run_json FROM runs ORDER BY seq")
+        rows = self._query("SELECT run_json FROM runs ORDER BY seq")
         return [run_from_dict(json.loads(j)) for (j,) in rows]
 
     def states(self) -> dict[str, tuple[str, int]]:
         """run id -> (state, attempts so far)."""
-        return {i: (s, a) for i, s, a in self.conn.execute("SELECT id, state, attempts FROM runs")}
+        return {i: (s, a) for i, s, a in self._query("SELECT id, state, attempts FROM runs")}
 
     def results(self) -> dict[str, RunResult]:
-        rows = self.conn.execute("SELECT id, result_json FROM runs WHERE result_json IS NOT NULL")
+        rows = self._query("SELECT id, result_json FROM runs WHERE result_json IS NOT NULL")
         return {i: result_from_dict(json.loads(j)) for i, j in rows}
 
     def recover_interrupted(self) -> list[str]:
@@ -156,15 +165,15 @@ class RunDB:
                           "updated = ? WHERE id = ?", (PENDING, now, run_id))
 
     def count_attempts(self, run_id: str, status: str) -> int:
-        (n,) = self.conn.execute("SELECT COUNT(*) FROM attempts WHERE run_id = ? AND status = ?",
-                                 (run_id, status)).fetchone()
+        ((n,),) = self._query("SELECT COUNT(*) FROM attempts WHERE run_id = ? AND status = ?",
+                              (run_id, status))
         return n
 
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
-        cur = self.conn.execute("SELECT attempt, started, ended, status, reason, host FROM "
-                                "attempts WHERE run_id = ? ORDER BY attempt", (run_id,))
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, row, strict=True)) for row in cur]
+        cols = ["attempt", "started", "ended", "status", "reason", "host"]
+        rows = self._query(f"SELECT {', '.join(cols)} FROM attempts WHERE run_id = ? "
+                           "ORDER BY attempt", (run_id,))
+        return [dict(zip(cols, row, strict=True)) for row in rows]
 
 
 # -- (de)serialization of the boundary dataclasses ---------------------------------------------

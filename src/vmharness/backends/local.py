@@ -69,9 +69,9 @@ def choose_accelerator(kernel: Path, cache_dir: Path, *, say=lambda _m: None) ->
     accel, why = _probe_kvm(kernel)
     say(f"accelerator {accel} ({why})")
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp")
+    tmp = cache.with_name(f"accelerator.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(json.dumps({"ident": ident, "at": time.time(), "accel": accel, "why": why}))
-    tmp.rename(cache)
+    os.replace(tmp, cache)
     return accel
 
 

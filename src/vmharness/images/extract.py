@@ -38,9 +38,9 @@ def extract(disk: Path, dest: Path, *, file_limit: int = DEFAULT_FILE_LIMIT,
     t0 = time.monotonic()
     out = Extraction()
     dest.mkdir(parents=True, exist_ok=False)
-    disk_size = disk.stat().st_size
-    total_limit = total_limit if total_limit is not None else disk_size
     try:
+        disk_size = disk.stat().st_size
+        total_limit = total_limit if total_limit is not None else disk_size
         with open(disk, "rb") as f:
             reader = FatReader(f, disk_size)
             for count, entry in enumerate(reader.walk()):
@@ -64,6 +64,9 @@ def _copy_entry(reader: FatReader, entry: Entry, dest: Path, out: Extraction,
         out.skipped.append((shown, bad))
         return
     target = dest.joinpath(*entry.path)
+    if entry.is_dir and entry.first_cluster == 0:
+        out.skipped.append((shown, "directory entry with no cluster"))
+        return
     if entry.is_dir:
         try:
             target.mkdir()
@@ -96,7 +99,9 @@ def _copy_entry(reader: FatReader, entry: Entry, dest: Path, out: Extraction,
                 f.write(chunk)
                 written += len(chunk)
     except CorruptFilesystem as exc:
-        out.skipped.append((shown, f"incomplete: {exc}"))
+        # What could be read is kept (a log cut short still tells something); it is listed
+        # as skipped with the reason so nobody mistakes it for the whole file.
+        out.skipped.append((shown, f"incomplete, {written} bytes kept: {exc}"))
     out.bytes += written
     out.files.append("/".join(entry.path))
 

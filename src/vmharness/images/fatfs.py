@@ -128,7 +128,8 @@ class FatReader:
         for name, attr, cluster, size in _dir_entries(data, self.fat32):
             path = (*prefix, name)
             if attr & ATTR_DIR:
-                if cluster == 0:
+                if cluster == 0:  # broken entry: shown to the caller, which skips it
+                    yield Entry(path, True, 0, 0)
                     continue
                 if cluster in visited:
                     raise CorruptFilesystem(f"directory cycle at {'/'.join(path)!r}")
