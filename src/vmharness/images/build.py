@@ -78,6 +78,10 @@ class BuiltFiles:
     kernel_version: str
 
 
+class MirrorUnreachable(InfraError):
+    """The recipe's mirror did not answer; nothing was built or changed."""
+
+
 def check_tools() -> None:
     missing = {t: p for t, p in REQUIRED_TOOLS.items() if not shutil.which(t)}
     if not SYSLINUX_MBR.exists():
@@ -98,7 +102,7 @@ def check_mirror(recipe: Recipe, timeout_s: float = 15) -> None:
     if recipe.mirror.startswith("file://"):
         path = Path(recipe.mirror.removeprefix("file://")) / "dists" / recipe.suite
         if not path.is_dir():
-            raise InfraError(f"mirror {recipe.mirror} has no dists/{recipe.suite}")
+            raise MirrorUnreachable(f"mirror {recipe.mirror} has no dists/{recipe.suite}")
         return
     url = f"{recipe.mirror.rstrip('/')}/dists/{recipe.suite}/InRelease"
     try:
@@ -107,7 +111,7 @@ def check_mirror(recipe: Recipe, timeout_s: float = 15) -> None:
             pass
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise InfraError(
+        raise MirrorUnreachable(
             f"Debian mirror not reachable: {url}: {reason}",
             hint="check the network or set `mirror:` in a recipe file to a reachable mirror; "
                  "the image cache was not touched",

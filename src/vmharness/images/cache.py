@@ -150,7 +150,16 @@ class ImageCache:
             image = self.lookup(recipe, max_age_s, key)
             if image and (not rebuild or image.built_at >= started):
                 return image
-            return self._build(recipe, creds, key, progress)
+            try:
+                return self._build(recipe, creds, key, progress)
+            except builder.MirrorUnreachable as exc:
+                # An old image beats no run at all when the rebuild was only due to age.
+                stale = self.lookup(recipe, float("inf"), key)
+                if stale is None or rebuild:
+                    raise
+                progress(f"WARNING: {exc}; using the cached image from "
+                         f"{stale.age_s() / 86400:.1f} days ago")
+                return stale
 
     def _build(self, recipe: Recipe, creds: HostCredentials, key: str,
                progress: builder.Progress) -> BaseImage:
