@@ -117,6 +117,8 @@ def images_for(runs: list[Run], cache: ImageCache, console: Console, *,
             t0 = time.monotonic()
 
             def say(msg: str, _s=status, _n=plat.name, _t=t0) -> None:
+                if msg.startswith("WARNING"):  # must stay on screen, not in the status line
+                    console.print(f"[yellow]image for {_n}: {msg}", highlight=False)
                 _s.update(f"image for {_n} [{time.monotonic() - _t:4.0f}s]: {msg}")
 
             image = cache.get(recipe, max_age_s=max_age_s, rebuild=rebuild, progress=say)
