@@ -201,6 +201,24 @@ def test_job_description_round_trip(tmp_path: Path) -> None:
     assert shared.base_disk == Path("/shared/d.qcow2")
 
 
+def test_final_node_closes_runs_without_a_verdict(two_run_spec) -> None:
+    from vmharness.results.model import RunResult
+    from vmharness.rundir import RunFolder
+    from vmharness.spec import load_spec
+
+    tmp, runs, _images = two_run_spec
+    folder = RunFolder.create(load_spec(tmp / "spec.yaml"), runs, tmp / "rd", backend="condor")
+    folder.db.start_attempt("0001")
+    folder.db.finish_attempt(RunResult(run_id="0001", status="pass", attempt=1), final=True)
+    folder.db.start_attempt("0002")  # its VM job never came back
+    assert condor_node.close_unfinished(folder) == ["0002", "0003", "0004"]
+    results = folder.db.results()
+    assert results["0001"].status == "pass"
+    assert {results[i].status for i in ("0002", "0003", "0004")} == {"died"}
+    assert "POST" in results["0002"].reason and "prep node failed" in results["0003"].reason
+    assert condor_node.close_unfinished(folder) == []
+
+
 def test_host_of() -> None:
     assert condor_node.host_of("<10.0.0.1:9618?addrs=10.0.0.1-9618&alias=ep7.example&noUDP>") \
         == "ep7.example"

@@ -421,6 +421,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         console.print(table)
     for run_id, why in st.removed:
         console.print(f"  removed: run {run_id}: {why}", highlight=False)
+    for node, why in st.failed:
+        console.print(f"  failed: node {node}: {why}", highlight=False)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(st.as_dict(), indent=1) + "\n")

@@ -514,6 +514,7 @@ class Status:
     jobs: dict[str, Counter] = field(default_factory=dict)  # layer -> state -> count
     held: list[Held] = field(default_factory=list)
     removed: list[tuple[str, str]] = field(default_factory=list)  # (run, reason)
+    failed: list[tuple[str, str]] = field(default_factory=list)  # (node, why): non-zero exit
     runs: Counter = field(default_factory=Counter)  # pending | running | done
     statuses: Counter = field(default_factory=Counter)
     total: int = 0
@@ -529,6 +530,7 @@ class Status:
             "jobs": {k: dict(v) for k, v in self.jobs.items()},
             "held": [vars(h) for h in self.held],
             "removed": [{"run": r, "reason": why} for r, why in self.removed],
+            "failed": [{"node": n, "reason": why} for n, why in self.failed],
             "runs": {"total": self.total, **dict(self.runs)}, "statuses": dict(self.statuses),
         }
 
@@ -571,11 +573,15 @@ def status(folder) -> Status:
             new = {T.EXECUTE: "running", T.JOB_HELD: "held", T.JOB_RELEASED: "idle",
                    T.JOB_EVICTED: "idle", T.JOB_TERMINATED: "done",
                    T.JOB_ABORTED: "removed"}.get(ev.type)
-            if new and state_of[node][0] != "done":  # an ended job is "aborted" at DAG exit
+            if new and state_of[node][0] not in ("done", "failed"):  # (ended jobs are
+                # "aborted" again when DAGMan leaves the queue)
                 why = ""
                 if new == "held":
                     why = str(ev.get("HoldReason", "") or "held")
                     last_hold[node] = why
+                elif new == "done" and (ev.get("ReturnValue", 0) or 0) != 0:
+                    new = "failed"
+                    why = f"exit code {ev.get('ReturnValue')}"
                 elif new == "removed":
                     why = str(ev.get("Reason", "") or "condor_rm, no reason given")
                     if "PeriodicRemove" in why:
@@ -591,6 +597,8 @@ def status(folder) -> Status:
                                 since=when))
         elif state == "removed" and layer == "vm":
             st.removed.append((run_id, why))
+        elif state == "failed":
+            st.failed.append((node, why))
     results = folder.db.results()
     for run_id, (state, _attempts) in folder.db.states().items():
         st.total += 1

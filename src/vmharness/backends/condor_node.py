@@ -369,10 +369,32 @@ def node_final(run_dir: Path) -> int:
 
     _system_path()
     folder = RunFolder.open(run_dir)
+    close_unfinished(folder)
     console = Console(file=sys.stdout, width=120, force_terminal=False)
     with _report_lock(run_dir, wait=True):
         folder.write_reports(console)
     return 0
+
+
+def close_unfinished(folder) -> list[str]:
+    """At the DAG's end, a run without a verdict will never get one: it died, and says why."""
+    from ..results.model import RunResult
+
+    closed = []
+    for run_id, (state, attempts) in folder.db.states().items():
+        if state == "done":
+            continue
+        if state == "pending" and attempts == 0:
+            why = (f"it never ran: its prep node failed (see {CONDOR_DIR}/logs/prep-{run_id}.err)"
+                   " or the DAG was removed first")
+        else:
+            why = ("its VM job never came to a verdict: the DAG was removed, or the POST "
+                   f"script failed (see {CONDOR_DIR}/*.dagman.out)")
+        folder.db.finish_attempt(RunResult(run_id=run_id, status="died", attempt=max(1, attempts),
+                                           reason=f"no verdict when the DAG ended: {why}"),
+                                 final=True)
+        closed.append(run_id)
+    return closed
 
 
 def refresh_reports(folder) -> None:
