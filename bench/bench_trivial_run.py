@@ -25,11 +25,12 @@ from vmharness.runner import ImageRef, RunContext, collect, prepare
 from vmharness.spec import PackageSet, Platform, Run, Source, TestSettings, VMSettings
 
 
-def one(image: ImageRef, accel: str, tmp: Path, boot: str, i: int) -> dict[str, float]:
+def one(image: ImageRef, accel: str, tmp: Path, boot: str, i: int,
+        cpus: int) -> dict[str, float]:
     run = Run(id=f"{i:04d}", platform=Platform("debian-12", recipe="debian-12"),
               source=Source("image"), package_set=PackageSet("none"),
               test=TestSettings(command="true", timeout_s=60, format="exit-code"),
-              vm=VMSettings(memory_mib=512, cpus=1, network="none", wall_timeout_s=300))
+              vm=VMSettings(memory_mib=512, cpus=cpus, network="none", wall_timeout_s=300))
     ctx = RunContext(run_dir=tmp, boot=boot)
     job, phases = prepare(run, image, ctx, 1)
     outcome = local.run_vm(job, accel)
@@ -56,6 +57,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--boot", choices=("kernel", "disk"), default="kernel")
+    ap.add_argument("--cpus", type=int, default=1, help="guest vCPUs (default 1, as a spec)")
     args = ap.parse_args()
     cache = ImageCache()
     recipe = load_recipe("debian-12")
@@ -70,10 +72,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vmh-bench-") as tmp:
         for i in range(args.repeat):
             t0 = time.monotonic()
-            row = one(ImageRef.from_cache(image), accel, Path(tmp), args.boot, i + 1)
+            row = one(ImageRef.from_cache(image), accel, Path(tmp), args.boot, i + 1, args.cpus)
             row["total"] = time.monotonic() - t0 + lookup
             rows.append(row)
-    print(f"\ntrivial run (`true`), {args.boot} boot, accelerator {accel}, "
+    print(f"\ntrivial run (`true`), {args.boot} boot, {args.cpus} vCPU, accelerator {accel}, "
           f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
           f"median of {len(rows)}:")
     print(f"  {'image lookup':32} {lookup:7.3f} s")

@@ -13,8 +13,10 @@ import os
 import stat
 from pathlib import Path
 
-# What must be loaded before the root disk appears (when the kernel has them as modules).
+# What must be loaded before the root disk appears (when the kernel has them as modules),
+# and what the agent's output disk needs (vfat), cheaper to load here than by modprobe later.
 ROOT_MODULES = ("virtio_pci", "virtio_blk", "ext4")
+EXTRA_MODULES = ("vfat", "nls_cp437", "nls_utf8")
 
 INIT_SCRIPT = """#!/bin/busybox sh
 # vmharness fast initrd: load the disk drivers, mount the root, hand over to systemd.
@@ -44,10 +46,12 @@ def build_fast_initrd(tree: Path, kernel_version: str, dest: Path, root_device: 
     deps = _modules_dep(moddir)
     builtin = _builtin(moddir)
     order: list[str] = []
-    for name in ROOT_MODULES:
+    for name in ROOT_MODULES + EXTRA_MODULES:
         if name in builtin:
             continue
         if name not in deps:
+            if name in EXTRA_MODULES:
+                continue  # loaded on demand later instead
             raise InitrdUnavailable(f"module {name} is neither built in nor present")
         _add_with_deps(name, deps, order)
     entries: list[tuple[str, int, bytes]] = [
