@@ -95,6 +95,7 @@ def test_dag_and_submit_descriptions(two_run_spec, style: str) -> None:
         assert f"PARENT prep-{rid} CHILD vm-{rid}" in dag
         assert (f"SCRIPT POST vm-{rid} /py -m vmharness.cli dag-node post {tmp / 'run'} $JOB "
                 "$RETRY $MAX_RETRIES $JOBID") in dag
+        assert f"SCRIPT PRE vm-{rid} /py -m vmharness.cli dag-node pre {tmp / 'run'} $JOB" in dag
     assert "MAXJOBS prep 7" in dag
     assert "FINAL report report.sub" in dag
     sub = (dag_file.parent / "vm.sub").read_text()
@@ -509,6 +510,27 @@ def test_faults_held_removed_corrupted(condor_pool, debian_image, work: Path) ->
     assert "Transfer input files failure" in held["hold_reason"]
     assert "Transfer input files failure" in (rundir / "report.html").read_text()
     assert any(p.name.startswith("0002.attempt1-") for p in (rundir / "runs").iterdir())
+
+
+@pytest.mark.condor
+def test_resubmit_runs_what_died_again(condor_pool, debian_image, work: Path) -> None:
+    """A run that died with no retries left; `vmharness resubmit` runs DAGMan's rescue DAG: the
+    VM node's PRE script makes a fresh attempt, the passing run is not redone."""
+    from vmharness.rundir import RunFolder
+
+    spec = work / "spec.yaml"
+    spec.write_text(FAULTS_A.replace("  - label: sleep\n    packages: []\n", "")
+                    .replace("  bad: {image: bad.qcow2}\n", ""))
+    rundir = work / "rescue-run"
+    first = vmharness("submit", spec, "--style", "qemu", "--retries", "0", "--out", rundir,
+                      "--wait")
+    assert first.returncode == 1, first.stderr  # one run died
+    again = vmharness("resubmit", rundir, "--wait")
+    assert again.returncode == 1, again.stderr
+    folder = RunFolder.open(rundir)
+    assert [a["status"] for a in folder.db.attempts("0002")] == ["died", "died"]
+    assert len(folder.db.attempts("0001")) == 1 and folder.db.results()["0001"].status == "pass"
+    assert (rundir / "condor" / "runs.dag.rescue002").is_file()  # it died again: still to do
 
 
 @pytest.mark.condor

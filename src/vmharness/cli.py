@@ -329,6 +329,16 @@ def _condor_parsers(cmd) -> None:
                    help="stay until the DAG is done, then show the reports (exit as `run`)")
     p.set_defaults(func=cmd_submit)
 
+    p = cmd("resubmit", "run again on the pool the runs of a finished DAG that died "
+                        "(DAGMan's rescue DAG)")
+    p.add_argument("rundir", type=Path)
+    p.add_argument("--pool", nargs="?", const="", default="", metavar="ADDRESS",
+                   help="collector of the pool to submit to (default: the local schedd)")
+    p.add_argument("--json", type=Path, metavar="FILE", help="with --wait: the results JSON")
+    p.add_argument("--wait", action="store_true",
+                   help="stay until the DAG is done, then show the reports (exit as `run`)")
+    p.set_defaults(func=cmd_resubmit)
+
     p = cmd("status", "progress of a submitted run folder: runs, jobs, held jobs and why")
     p.add_argument("rundir", type=Path)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the status as JSON")
@@ -339,11 +349,15 @@ def _condor_parsers(cmd) -> None:
     p.add_argument("job", type=Path, help="job.json written by the DAG's prep node")
     p.set_defaults(func=cmd_run_one)
 
-    p = cmd("dag-node", "(internal) a step of a submitted DAG: prep, post or final")
+    p = cmd("dag-node", "(internal) a step of a submitted DAG: prep, pre, post or final")
     nsub = p.add_subparsers(dest="node_command", metavar="STEP", required=True)
     n = nsub.add_parser("prep", help="make one run's disks and job description")
     n.add_argument("rundir", type=Path)
     n.add_argument("run_id")
+    n.set_defaults(func=cmd_dag_node)
+    n = nsub.add_parser("pre", help="fresh disks for a retried VM node (PRE script)")
+    n.add_argument("rundir", type=Path)
+    n.add_argument("node", help="DAG node name ($JOB)")
     n.set_defaults(func=cmd_dag_node)
     n = nsub.add_parser("post", help="decide and record one attempt (POST script)")
     n.add_argument("rundir", type=Path)
@@ -396,6 +410,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_resubmit(args: argparse.Namespace) -> int:
+    from .backends import condor
+    from .rundir import RunFolder
+
+    folder = RunFolder.open(args.rundir)
+    schedd = condor.connect(args.pool or None)
+    cluster = condor.resubmit(folder, schedd)
+    console.print(f"resubmitted {folder.path} as DAG cluster {cluster} (its rescue DAG)")
+    if not args.wait:
+        return EXIT_PASS
+    condor.wait(folder, say=lambda line: console.print(line, highlight=False))
+    return _finish(folder, args)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     import datetime as dt
 
@@ -440,6 +468,8 @@ def cmd_dag_node(args: argparse.Namespace) -> int:
 
     if args.node_command == "prep":
         return condor_node.node_prep(args.rundir, args.run_id)
+    if args.node_command == "pre":
+        return condor_node.node_pre(args.rundir, args.node)
     if args.node_command == "post":
         return condor_node.node_post(args.rundir, args.node, args.retry, args.max_retries,
                                      args.job_id)

@@ -4,7 +4,8 @@ Per run the DAG has a chain
     prep-<id>  local universe: the run's input and output disks (CATEGORY prep, MAXJOBS, RETRY)
     vm-<id>    the VM job (--style vm: VM universe; --style qemu: vanilla job running
                `vmharness run-one`), with a POST script that decides the verdict and records it
-               in the run database, exiting non-zero only for infrastructure failures (`died`)
+               in the run database, exiting non-zero only for infrastructure failures (`died`),
+               and a PRE script that makes fresh disks when DAGMan retries the node
 and one FINAL node, report, writes the reports. Nodes and POST scripts are in condor_node.py.
 
 Layout added to the run folder:
@@ -413,6 +414,8 @@ def write_dag(run_dir: Path, runs: list[Run], staged: dict[str, StagedImage],
         submit_description=htcondor.Submit(vm_description(run_dir, opts)),
         vars=[_vm_vars(r, staged[r.platform.name], opts) for r in runs],
         retries=opts.retries, retry_unless_exit=POST_FAILED,
+        pre=dags.Script(opts.node_python, arguments=[
+            "-m", "vmharness.cli", "dag-node", "pre", rd, "$JOB"]),
         post=dags.Script(opts.node_python, arguments=[
             "-m", "vmharness.cli", "dag-node", "post", rd, "$JOB", "$RETRY", "$MAX_RETRIES",
             "$JOBID"]))
@@ -454,9 +457,12 @@ def _check_reachable(path: Path, pw: pwd.struct_passwd) -> None:
                          hint="choose an --out under a folder everyone may enter, e.g. /tmp")
 
 
-def submit_dag(schedd, dag_file: Path, opts: SubmitOptions) -> int:
+def submit_dag(schedd, dag_file: Path, *, rescue: bool = False) -> int:
+    """Submit DAGMan for dag_file; with rescue, DAGMan runs what its rescue DAG left to do."""
     htcondor = bindings()
-    options: dict[str, Any] = {"AllowVersionMismatch": True, "force": True}
+    options: dict[str, Any] = {"AllowVersionMismatch": True}
+    if not rescue:
+        options["force"] = True  # a fresh DAG: overwrite, and never pick up an old rescue file
     if os.environ.get(POOL_ENV_DAGMAN):
         options["DagmanPath"] = os.environ[POOL_ENV_DAGMAN]
     cwd = os.getcwd()
@@ -488,11 +494,26 @@ def submit(folder, runs: list[Run], images: dict[str, ImageRef], opts: SubmitOpt
     if opts.owner:
         give_to(opts.owner, run_dir, store)
     t2 = time.monotonic()
-    cluster = submit_dag(schedd, dag_file, opts)
+    cluster = submit_dag(schedd, dag_file)
     folder.db.set_meta(condor_cluster=cluster)
     t3 = time.monotonic()
     return Submitted(run_dir=run_dir, dag_file=dag_file, cluster=cluster, runs=len(runs),
                      seconds={"images": t1 - t0, "dag": t2 - t1, "submit": t3 - t2})
+
+
+def resubmit(folder, schedd) -> int:
+    """Run again, on the pool, the runs a finished DAG left died or unfinished: DAGMan's rescue
+    DAG (nodes that succeeded are skipped; the VM node's PRE script makes fresh disks)."""
+    dag_file = folder.path.resolve() / CONDOR_DIR / DAG_FILE
+    if not dag_file.is_file():
+        raise UsageError(f"{folder.path} was not submitted to a pool (no {dag_file.name})")
+    if not status(folder).finished:
+        raise UsageError("its DAG is still in the queue", hint=f"vmharness status {folder.path}")
+    if not list(dag_file.parent.glob(f"{DAG_FILE}.rescue[0-9][0-9][0-9]")):
+        raise UsageError("nothing to run again: every node of its DAG succeeded")
+    cluster = submit_dag(schedd, dag_file, rescue=True)
+    folder.db.set_meta(condor_cluster=cluster)
+    return cluster
 
 
 # -- following a DAG --------------------------------------------------------------------------
@@ -547,6 +568,8 @@ def status(folder) -> Status:
     if dag_log.is_file():
         st.dag_state = "queued"
         for ev in htcondor.JobEventLog(str(dag_log)).events(stop_after=0):
+            if st.dag_cluster is not None and ev.cluster != st.dag_cluster:
+                continue  # an earlier DAGMan of this folder (before a resubmit)
             if ev.type == T.EXECUTE:
                 st.dag_state = "running"
             elif ev.type == T.JOB_TERMINATED:
@@ -647,5 +670,5 @@ def remove(folder, schedd=None, reason: str = "removed by vmharness") -> None:
                f"VmharnessRunDir == {json.dumps(str(folder.path.resolve()))}", reason=reason)
 
 
-__all__ = ["SubmitOptions", "Status", "Submitted", "connect", "host_of", "remove", "stage_images",
-           "status", "submit", "wait", "write_dag", "cache_content_names"]
+__all__ = ["SubmitOptions", "Status", "Submitted", "cache_content_names", "connect", "host_of",
+           "remove", "resubmit", "stage_images", "status", "submit", "wait", "write_dag"]

@@ -2,6 +2,8 @@
 
 Submit side (run by DAGMan as the pool's user, see docs/condor.md):
     prep   local-universe node: make the run's disks (runner.prepare) and its job description
+    pre    PRE script of the VM node: the same again when DAGMan retries the node (or reruns it
+           from a rescue DAG); nothing on the first try
     post   POST script of the VM node: read the job's events and what came back, decide the
            verdict (runner.collect), record the attempt; exit 1 asks DAGMan to retry
     final  FINAL node: write the reports (the DAG succeeds when tests fail: those are results)
@@ -305,6 +307,28 @@ def node_prep(run_dir: Path, run_id: str) -> int:
     return 0
 
 
+def node_pre(run_dir: Path, node: str) -> int:
+    """PRE script of the VM node: nothing on a first try (the prep node made the disks); on a
+    DAGMan retry, or a rerun from a rescue DAG, a fresh attempt: new disks, job.json."""
+    from ..state import RunDB
+
+    run_id = node.rsplit("-", 1)[-1]
+    work = run_dir / "runs" / run_id / "work"
+    db = RunDB.open_existing(run_dir)
+    state, attempts = db.states()[run_id]
+    db.close()
+    try:
+        ready = read_job(work / JOB_FILE).get("attempt") == attempts and state == "running" \
+            and (work / "input.img").is_file() and (work / "output.img").is_file()
+    except (OSError, ValueError):
+        ready = False
+    if not ready:
+        _system_path()
+        folder, run = _open(run_dir, run_id)
+        prepare_attempt(folder, run, read_plan(run_dir))
+    return 0
+
+
 def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: str = "") -> int:
     """Decide and record one attempt of a run. Exit: 0 verdict, 1 retry (died), 2 died."""
     from .. import runner
@@ -350,16 +374,9 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     folder.db.finish_attempt(result, final=final)
     if log_dir.is_dir():
         _write_json(log_dir / "run.json", asdict(result))
-    code = POST_OK if not died else (POST_FAILED if final else POST_RETRY)
-    if code == POST_RETRY:
-        try:
-            prepare_attempt(folder, run, plan)
-        except Exception as exc:  # noqa: BLE001 - cannot retry without disks: it stays died
-            result.reason += f"; the retry could not be prepared: {exc}"
-            folder.db.finish_attempt(result, final=True)
-            code = POST_FAILED
     refresh_reports(folder)
-    return code
+    # The retry's disks are made by the PRE script (node_pre), which DAGMan runs again first.
+    return POST_OK if not died else (POST_FAILED if final else POST_RETRY)
 
 
 def node_final(run_dir: Path) -> int:
