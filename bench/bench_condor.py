@@ -166,6 +166,30 @@ def bench_overhead(work: Path) -> None:
           f"rest {pw - pvm:5.1f} s)")
     print(f"  ratio pool/local: wall {pw / lw:.2f}x; overhead beyond the VM "
           f"{(pw - pvm) / max(lw - lvm, 0.01):.1f}x ({pw - pvm - (lw - lvm):+.1f} s per run)")
+    timeline(work / "pool" / "condor")
+
+
+def timeline(cdir: Path) -> None:
+    """Where the pool's time went, from DAGMan's and the nodes' event logs (1 s resolution)."""
+    import htcondor2 as htcondor
+
+    T = htcondor.JobEventType
+    marks: list[tuple[float, str]] = []
+    for ev in htcondor.JobEventLog(str(cdir / "runs.dag.dagman.log")).events(stop_after=0):
+        if ev.type in (T.SUBMIT, T.EXECUTE, T.JOB_TERMINATED):
+            marks.append((ev.timestamp, f"DAGMan {ev.type.name.lower()}"))
+    node_of = {}
+    for ev in htcondor.JobEventLog(str(cdir / "runs.dag.nodes.log")).events(stop_after=0):
+        if ev.type == T.SUBMIT:
+            node_of[ev.cluster] = str(ev.get("LogNotes", "")).split(":")[-1].strip()
+        name = node_of.get(ev.cluster, "?")
+        if ev.type in (T.SUBMIT, T.EXECUTE, T.JOB_TERMINATED, T.POST_SCRIPT_TERMINATED):
+            marks.append((ev.timestamp, f"{name} {ev.type.name.lower()}"))
+    marks.sort(key=lambda m: m[0])
+    t0 = marks[0][0]
+    print("  pool timeline (s after the DAGMan job was queued):")
+    for when, what in marks:
+        print(f"    {when - t0:5.0f}  {what}")
 
 
 def main() -> int:
