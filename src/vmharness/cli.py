@@ -385,6 +385,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         node_python=args.node_python or "", job_python=args.job_python or "")
     spec, runs = _load(args, need_images=True)
     schedd = condor.connect(opts.pool)
+    warning = condor.vm_universe_warning(opts.pool) if opts.style == "vm" else None
+    if warning:
+        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
     folder = RunFolder.create(spec, runs, args.out, backend="condor")
     cache = ImageCache()
     images = images_for(runs, cache, console, max_age_s=_max_age(args), rebuild=args.rebuild)
@@ -403,7 +406,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         write_json(to_json(folder.report_input()))
     if not args.wait:
         return EXIT_PASS
-    condor.wait(folder, say=lambda line: console.print(line, highlight=False))
+    _wait_for_dag(folder)
     code = _finish(folder, args)
     if args.json:
         write_json(json.loads(args.json.read_text()))
@@ -420,8 +423,18 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
     console.print(f"resubmitted {folder.path} as DAG cluster {cluster} (its rescue DAG)")
     if not args.wait:
         return EXIT_PASS
-    condor.wait(folder, say=lambda line: console.print(line, highlight=False))
+    _wait_for_dag(folder)
     return _finish(folder, args)
+
+
+def _wait_for_dag(folder) -> None:
+    from .backends import condor
+
+    try:
+        condor.wait(folder, say=lambda line: console.print(line, highlight=False))
+    except KeyboardInterrupt:
+        err_console.print(f"stopped waiting; the DAG goes on: vmharness status {folder.path}")
+        raise SystemExit(130) from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -171,6 +171,21 @@ def connect(pool: str | None):
     return schedd
 
 
+def vm_universe_warning(pool: str | None) -> str | None:
+    """A warning when no execute point of the pool offers VM universe (--style vm jobs would
+    stay idle); None when one does or the collector cannot say."""
+    htcondor = bindings()
+    try:
+        ads = htcondor.Collector(pool or None).query(
+            htcondor.AdType.Startd, constraint="HasVM =?= true", projection=["Name"])
+    except Exception:  # noqa: BLE001 - only a hint; the submit itself decides
+        return None
+    if ads:
+        return None
+    return ("no execute point of this pool offers VM universe (no slot has HasVM): the VM jobs "
+            "will wait in the queue until one does; --style qemu runs where qemu is installed")
+
+
 # -- images -----------------------------------------------------------------------------------
 def stage_images(images: dict[str, ImageRef], store: Path,
                  content_names: dict[Path, str] | None = None) -> dict[str, StagedImage]:
