@@ -396,7 +396,8 @@ def write_dag(run_dir: Path, runs: list[Run], staged: dict[str, StagedImage],
     cdir = run_dir / CONDOR_DIR
     (cdir / "logs").mkdir(parents=True, exist_ok=True)
     plan = {
-        "format": 1, "style": opts.style, "boot": opts.boot, "delivery": opts.delivery,
+        "format": 1, "style": opts.style, "delivery": opts.delivery,
+        "boot": opts.boot if opts.style == "qemu" else "disk",  # VM universe: no kernel argument
         "held_max_s": opts.held_max_s, "queue_max_s": opts.queue_max_s,
         "images": {
             platform: {

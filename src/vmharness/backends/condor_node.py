@@ -34,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -354,7 +354,7 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     else:
         outcome = outcome_from(hist, read_outcome(work / OUTCOME_FILE), plan["style"], plan)
         job = job_in(desc, work)
-        job = VMJob(**{**asdict(job), "console_log": log_dir / "console.log"})
+        job = replace(job, console_log=log_dir / "console.log")
         try:
             result = runner.collect(run, job, outcome, folder.context(plan.get("boot", "kernel")),
                                     attempt, dict(desc.get("phases") or {}))
