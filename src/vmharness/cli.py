@@ -243,8 +243,6 @@ def to_json_runs(runs) -> dict:
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
-    from .rundir import images_for  # noqa: F401  (same progress display as runs)
-
     recipe = load_recipe(args.recipe)
     cache = ImageCache()
     with console.status(f"{recipe.name}: looking up the cache") as status:
