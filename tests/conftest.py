@@ -178,3 +178,56 @@ def no_vm_left_behind(tmp_path: Path) -> Iterator[None]:
     left = qemu_pids_under(tmp_path)
     kill_pids(left)
     assert not left, f"qemu processes left running after the test: {left}"
+
+
+# -- the real HTCondor pool ---------------------------------------------------------------------
+POOL_SCRIPT = REPO / "scripts" / "condor-pool"
+POOL_UNAVAILABLE = 4  # scripts/condor-pool's exit code for "cannot be made here"
+
+
+def pool_script(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(POOL_SCRIPT), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="session")
+def condor_pool() -> Iterator[dict[str, str]]:
+    """The single-machine pool's client environment (CONDOR_CONFIG, VMHARNESS_POOL_*), up for
+    the whole session, shared by every pool test; taken down afterwards (leaving no mount
+    behind) only if this fixture started it. Skips when not root or when the pool cannot be
+    made here (the script exits 4)."""
+    htcondor = pytest.importorskip("htcondor2", reason="the htcondor PyPI bindings are missing")
+    if os.geteuid() != 0:
+        pytest.skip("the local HTCondor pool needs root (mounts, chroot, daemons)")
+    started = False
+    if pool_script("status").returncode != 0:
+        t0 = time.monotonic()
+        up = pool_script("up", timeout=900)
+        if up.returncode == POOL_UNAVAILABLE:
+            pytest.skip(f"no HTCondor pool can be made here: {up.stderr.strip()[-400:]}")
+        assert up.returncode == 0, f"scripts/condor-pool up failed:\n{up.stderr}"
+        started = True
+        print(f"\n[condor-pool figure] up (root build included if it was not cached): "
+              f"{time.monotonic() - t0:.2f} s", file=sys.stderr)
+        for line in up.stderr.splitlines():
+            if "pool root built in" in line or "pool up:" in line:
+                print(f"[condor-pool] {line}", file=sys.stderr)
+    env = {}
+    for line in pool_script("env").stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        env[key] = value
+    assert Path(env["CONDOR_CONFIG"]).is_file(), env
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in env.items():
+            mp.setenv(key, value)
+        # The bindings read their configuration at import: re-read it now CONDOR_CONFIG is set.
+        htcondor.reload_config()
+        yield env
+    htcondor.reload_config()
+    if started:
+        down = pool_script("down", timeout=180)
+        assert down.returncode == 0, f"scripts/condor-pool down failed:\n{down.stderr}"
+        root = os.environ.get("VMHARNESS_POOL_ROOT", "/var/cache/vmharness/condor-root-trixie")
+        with open("/proc/self/mountinfo") as mounts:
+            left = [line.split()[4] for line in mounts if line.split()[4].startswith(root)]
+        assert not left, f"mounts left after down: {left}"

@@ -33,8 +33,6 @@ from vmharness.runner import ImageRef  # noqa: E402
 from vmharness.spec import expand, load_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-POOL_SCRIPT = REPO / "scripts" / "condor-pool"
-UNAVAILABLE = 4
 VMH = [sys.executable, "-m", "vmharness.cli"]
 
 TRIVIAL = """\
@@ -227,44 +225,11 @@ def test_host_of() -> None:
 
 
 # -- on the pool -------------------------------------------------------------------------------
-def _pool_script(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(POOL_SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
-
-
-@pytest.fixture(scope="session")
-def condor_pool():
-    """The pool's client environment (CONDOR_CONFIG, VMHARNESS_POOL_*), up for the session; taken
-    down afterwards only if this fixture started it."""
-    if os.geteuid() != 0:
-        pytest.skip("the local HTCondor pool needs root (mounts, chroot, daemons)")
-    if not shutil.which("qemu-system-x86_64") or not shutil.which("mmdebstrap"):
-        pytest.skip("the pool tests boot VMs: qemu-system-x86 and mmdebstrap are needed")
-    started = False
-    if _pool_script("status").returncode != 0:
-        up = _pool_script("up", timeout=900)
-        if up.returncode == UNAVAILABLE:
-            pytest.skip(f"no HTCondor pool can be made here: {up.stderr.strip()[-400:]}")
-        assert up.returncode == 0, f"scripts/condor-pool up failed:\n{up.stderr}"
-        started = True
-    env = {}
-    for line in _pool_script("env").stdout.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        htcondor.reload_config()
-        yield env
-    htcondor.reload_config()
-    if started:
-        down = _pool_script("down", timeout=180)
-        assert down.returncode == 0, down.stderr
-
-
 @pytest.fixture(scope="session")
 def debian_image(condor_pool):
     """The debian-12 base image in the ordinary cache (built once if missing, 1-2 min)."""
+    if not shutil.which("qemu-system-x86_64") or not shutil.which("mmdebstrap"):
+        pytest.skip("the pool tests boot VMs: qemu-system-x86 and mmdebstrap are needed")
     from vmharness.images.cache import ImageCache
     from vmharness.images.recipe import load_recipe
 

@@ -24,7 +24,6 @@ pytestmark = pytest.mark.condor
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "condor-pool"
-UNAVAILABLE = 4  # scripts/condor-pool's exit code for "cannot be made here"
 DAGMAN = "/usr/bin/condor_dagman"  # where the schedd runs it (inside the pool root on Debian 12)
 
 htcondor = pytest.importorskip("htcondor2", reason="the htcondor PyPI bindings are not installed")
@@ -47,43 +46,9 @@ def figures() -> dict[str, float]:
 
 
 @pytest.fixture(scope="session")
-def pool(figures: dict[str, float]):
-    """The pool's client environment; the pool is up for the whole session."""
-    if os.geteuid() != 0:
-        pytest.skip("the local HTCondor pool needs root (mounts, chroot, daemons)")
-    started = False
-    if _run("status").returncode != 0:
-        t0 = time.monotonic()
-        up = _run("up", timeout=900)
-        if up.returncode == UNAVAILABLE:
-            pytest.skip(f"no HTCondor pool can be made here: {up.stderr.strip()[-400:]}")
-        assert up.returncode == 0, f"scripts/condor-pool up failed:\n{up.stderr}"
-        started = True
-        _report(figures, "up (root build included if it was not cached)", time.monotonic() - t0)
-        for line in up.stderr.splitlines():
-            if "pool root built in" in line or "pool up:" in line:
-                print(f"[condor-pool] {line}", file=sys.stderr)
-
-    env = {}
-    for line in _run("env").stdout.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        env[key] = value
-    assert Path(env["CONDOR_CONFIG"]).is_file(), env
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in env.items():
-            mp.setenv(key, value)
-        # The bindings read their configuration at import: re-read it now CONDOR_CONFIG is set.
-        htcondor.reload_config()
-        yield env
-    htcondor.reload_config()
-
-    if started:
-        down = _run("down", timeout=120)
-        assert down.returncode == 0, f"scripts/condor-pool down failed:\n{down.stderr}"
-        root = os.environ.get("VMHARNESS_POOL_ROOT", "/var/cache/vmharness/condor-root-trixie")
-        with open("/proc/self/mountinfo") as mounts:
-            left = [line.split()[4] for line in mounts if line.split()[4].startswith(root)]
-        assert not left, f"mounts left after down: {left}"
+def pool(condor_pool: dict[str, str]) -> dict[str, str]:
+    """The pool's client environment (the shared session fixture of conftest.py)."""
+    return condor_pool
 
 
 @pytest.fixture
