@@ -135,11 +135,7 @@ def run_locally(folder: RunFolder, cache: ImageCache, console: Console, *, jobs:
     runs = folder.db.runs()
     images = images_for(runs, cache, console, max_age_s=max_age_s, rebuild=rebuild)
     probe_kernel = next((i.kernel for i in images.values() if i.kernel), None)
-    if probe_kernel is None:
-        accel = "tcg" if local.os.environ.get(local.ACCEL_ENV) != "kvm" else "kvm"
-    else:
-        accel = local.choose_accelerator(probe_kernel, cache.root,
-                                         say=lambda m: console.print(m))
+    accel = local.choose_accelerator(probe_kernel, cache.root, say=lambda m: console.print(m))
     slots, why = parallel_slots(runs, jobs)
     recovered = folder.db.recover_interrupted()
     if recovered:

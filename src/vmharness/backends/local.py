@@ -49,12 +49,18 @@ def qemu_version() -> str:
     return out.splitlines()[0] if out else "unknown"
 
 
-def choose_accelerator(kernel: Path, cache_dir: Path, *, say=lambda _m: None) -> str:
-    """'kvm' if a probe guest boots under KVM within seconds here, else 'tcg'. Cached a day."""
+def choose_accelerator(kernel: Path | None, cache_dir: Path, *, say=lambda _m: None) -> str:
+    """'kvm' if a probe guest boots under KVM within seconds here, else 'tcg'. Cached a day.
+
+    `kernel` is the probe guest's kernel; without one (only user-given images) nothing can be
+    probed, and TCG is the safe choice unless KVM is forced."""
     forced = os.environ.get(ACCEL_ENV, "auto").lower()
     if forced in ("kvm", "tcg"):
         say(f"accelerator {forced} (forced by {ACCEL_ENV})")
         return forced
+    if kernel is None:
+        say(f"accelerator tcg (no kernel to probe KVM with; set {ACCEL_ENV}=kvm to force it)")
+        return "tcg"
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         say("accelerator tcg: /dev/kvm is not usable here (software emulation, slower)")
         return "tcg"

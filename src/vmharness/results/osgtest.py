@@ -46,7 +46,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from vmharness.results.model import ParsedLog, Problem, TestCase, TestCounts
-from vmharness.results.text import cap_message, iter_lines
+from vmharness.results.text import cap_message, iter_lines, parse_guarded
 
 # Lines kept per traceback block while reading (the message is cut to MAX_MESSAGE later anyway).
 MAX_BLOCK_LINES = 2000
@@ -94,16 +94,7 @@ DUMP_MARKER = "OSG-TEST LOG"
 
 def parse_osg_test(text: str | bytes) -> ParsedLog:
     """Read an osg-test log. Never raises: a log that cannot be read is an incomplete ParsedLog."""
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8", errors="replace")
-    try:
-        return _Parser(text).run()
-    except Exception as exc:  # last resort: a guest's log must never crash the host side
-        return ParsedLog(
-            format="osg-test",
-            complete=False,
-            note=f"osg-test log could not be read (internal error: {type(exc).__name__}: {exc})",
-        )
+    return parse_guarded("osg-test", "osg-test log", lambda t: _Parser(t).run(), text)
 
 
 def looks_like_osg_test(text: str) -> bool:

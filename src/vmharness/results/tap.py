@@ -13,7 +13,7 @@ import itertools
 import re
 
 from vmharness.results.model import ParsedLog, Problem, TestCase, TestCounts
-from vmharness.results.text import cap_message, iter_lines
+from vmharness.results.text import cap_message, iter_lines, parse_guarded
 
 _VERSION_RE = re.compile(r"^TAP version (\d+)\s*$", re.IGNORECASE)
 _PLAN_RE = re.compile(r"^1\.\.(\d{1,9})\s*(?:#\s*(.*))?$")
@@ -36,16 +36,7 @@ def looks_like_tap(text: str) -> bool:
 
 def parse_tap(text: str | bytes) -> ParsedLog:
     """Read a TAP stream. Never raises."""
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8", errors="replace")
-    try:
-        return _parse(text)
-    except Exception as exc:  # last resort: a guest's file must never crash the host side
-        return ParsedLog(
-            format="tap",
-            complete=False,
-            note=f"TAP could not be read (internal error: {type(exc).__name__}: {exc})",
-        )
+    return parse_guarded("tap", "TAP", _parse, text)
 
 
 def _parse(text: str) -> ParsedLog:

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+
+from vmharness.results.model import ParsedLog
 
 # Longest line a parser looks at (a test line is ~100 characters); longer lines are cut.
 MAX_LINE = 16 * 1024
 # A problem's message (traceback, diagnostics) is kept to this many characters: head and tail.
 MAX_MESSAGE = 16 * 1024
+
+
+def parse_guarded(fmt: str, what: str, parse: Callable[[str], ParsedLog],
+                  text: str | bytes) -> ParsedLog:
+    """Run a text parser on guest data so that it never raises: bytes are decoded leniently, and
+    a parser bug ends in an incomplete ParsedLog that says so instead of a crash on the host."""
+    if isinstance(text, bytes | bytearray):
+        text = bytes(text).decode("utf-8", errors="replace")
+    try:
+        return parse(text)
+    except Exception as exc:  # last resort: a guest's file must never crash the host side
+        return ParsedLog(format=fmt, complete=False,
+                         note=f"{what} could not be read (internal error: "
+                              f"{type(exc).__name__}: {exc})")
 
 
 def cap_message(text: str, limit: int = MAX_MESSAGE) -> str:
