@@ -48,9 +48,12 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="VMs at once (default: as many as cores and memory allow)")
     p.add_argument("--retries", type=int, default=2, metavar="N",
                    help="automatic retries of infrastructure failures (died); default 2")
-    p.add_argument("--boot", choices=("kernel", "disk"), default="kernel",
-                   help="kernel: direct kernel boot (fast, default); disk: boot the image's own "
-                        "bootloader, as HTCondor's VM universe does")
+    p.add_argument("--boot", choices=("snapshot", "kernel", "disk"), default="snapshot",
+                   help="snapshot (default): restore a VM of the run's shape that was booted "
+                        "once and saved just before its agent reads a run (the fastest; made on "
+                        "first use, kept in the image cache); kernel: direct kernel boot every "
+                        "time; disk: boot the image's own bootloader, as HTCondor's VM universe "
+                        "does")
     p.add_argument("--max-age", default="7d", metavar="DURATION",
                    help="rebuild a cached image older than this (default 7d)")
     p.add_argument("--rebuild", action="store_true", help="rebuild the images first")

@@ -57,9 +57,9 @@ class RunFolder:
     def open(cls, path: Path) -> RunFolder:
         return cls(path=path, db=RunDB.open_existing(path))
 
-    def context(self, boot: str = "kernel") -> RunContext:
+    def context(self, boot: str = "kernel", snapshot_store: Path | None = None) -> RunContext:
         meta = self.db.meta()
-        return RunContext(run_dir=self.path, boot=boot,
+        return RunContext(run_dir=self.path, boot=boot, snapshot_store=snapshot_store,
                           known_failures=known_failures_from_json(meta.get("known_failures", [])))
 
     def report_input(self) -> ReportInput:
@@ -130,7 +130,7 @@ def images_for(runs: list[Run], cache: ImageCache, console: Console, *,
 
 
 def run_locally(folder: RunFolder, cache: ImageCache, console: Console, *, jobs: int | None,
-                retries: int = DEFAULT_RETRIES, boot: str = "kernel",
+                retries: int = DEFAULT_RETRIES, boot: str = "snapshot",
                 max_age_s: float = DEFAULT_MAX_AGE_S, rebuild: bool = False) -> None:
     runs = folder.db.runs()
     images = images_for(runs, cache, console, max_age_s=max_age_s, rebuild=rebuild)
@@ -142,7 +142,7 @@ def run_locally(folder: RunFolder, cache: ImageCache, console: Console, *, jobs:
         console.print(f"resuming: {len(recovered)} run(s) were interrupted and will run again")
     pending = sum(1 for s, _ in folder.db.states().values() if s == "pending")
     console.print(f"{pending} run(s) to do, {why}; logs in [bold]{folder.path}[/]")
-    ctx = folder.context(boot)
+    ctx = folder.context(boot, snapshot_store=cache.root / "snapshots")
 
     def line(run: Run, result: RunResult) -> None:
         colour = "green" if result.status in PASSING else "red"

@@ -60,7 +60,10 @@ class RunContext:
     run_dir: Path
     known_failures: list[KnownFailure] = field(default_factory=list)
     today: dt.date = field(default_factory=dt.date.today)
-    boot: str = "kernel"  # kernel (direct, fast) | disk (bootloader, as VM universe does)
+    # snapshot: restore a VM booted once and saved (fastest; needs the image's kernel) |
+    # kernel: direct kernel boot | disk: the image's bootloader, as HTCondor's VM universe does
+    boot: str = "snapshot"
+    snapshot_store: Path | None = None  # where warm-boot snapshots are kept (the cache's)
 
 
 VMExecutor = Callable[[VMJob], VMOutcome]
@@ -83,7 +86,8 @@ def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[V
     (log_dir / conditions_mod.FILE_NAME).write_text(text)
     make_input_disk(work / "input.img", text, run.test.suite)
     make_output_disk(work / "output.img", run.vm.output_size_mib)
-    use_kernel = ctx.boot == "kernel" and image.kernel is not None
+    use_kernel = ctx.boot in ("snapshot", "kernel") and image.kernel is not None
+    warm = ctx.boot == "snapshot" and use_kernel and ctx.snapshot_store is not None
     job = VMJob(
         name=f"vmharness-{run.id}",
         base_disk=image.disk,
@@ -98,6 +102,7 @@ def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[V
         cpus=run.vm.cpus,
         network=run.vm.network,
         wall_timeout_s=run.wall_timeout_s,
+        snapshot_store=ctx.snapshot_store if warm else None,
     )
     return job, {"disks": time.monotonic() - t0}
 
@@ -139,7 +144,8 @@ def execute(run: Run, image: ImageRef, ctx: RunContext, vm: VMExecutor,
 
 def decide(run: Run, outcome: VMOutcome, extraction: Extraction, out_dir: Path,
            console_log: Path, ctx: RunContext) -> RunResult:
-    base = {"run_id": run.id, "accelerator": outcome.accelerator, "host": outcome.host}
+    base = {"run_id": run.id, "accelerator": outcome.accelerator, "host": outcome.host,
+            "boot": outcome.boot}
 
     def verdict(status: str, reason: str, **extra: object) -> RunResult:
         return RunResult(status=status, reason=reason, **base, **extra)  # type: ignore[arg-type]
@@ -159,7 +165,9 @@ def decide(run: Run, outcome: VMOutcome, extraction: Extraction, out_dir: Path,
     for p in agent.get("phases", []) if isinstance(agent.get("phases"), list) else []:
         if isinstance(p, dict) and isinstance(p.get("duration_s"), (int, float)):
             phases[f"guest:{str(p.get('name'))[:40]}"] = float(p["duration_s"])
-    if isinstance(agent.get("boot_uptime_s"), (int, float)):
+    # A restored VM did not boot for this run: its time to start is the host's "restore".
+    if isinstance(agent.get("boot_uptime_s"), (int, float)) and \
+            not agent.get("restored_from_snapshot"):
         phases["boot"] = float(agent["boot_uptime_s"])
     failed = agent.get("failed_phase")
     error = str(agent.get("error") or "")[:500]

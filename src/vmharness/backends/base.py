@@ -23,6 +23,9 @@ class VMJob:
     cpus: int = 1
     network: str = "none"  # none | user
     wall_timeout_s: int = 1800
+    # Where warm-boot snapshots are kept; set to restore the VM from one instead of booting it
+    # (needs a kernel: a snapshot is made by a direct kernel boot).
+    snapshot_store: Path | None = None
 
 
 @dataclass
@@ -34,3 +37,4 @@ class VMOutcome:
     exit_code: int | None = None
     phases: dict[str, float] = field(default_factory=dict)
     host: str = ""
+    boot: str = ""  # how the VM started: restored from a snapshot, or which way it booted

@@ -2,6 +2,15 @@
 
 KVM is used only where a probe guest really boots under it within seconds (a /dev/kvm that
 exists but hangs guests is common on nested or paravirtual hosts); otherwise TCG, and we say so.
+
+Three ways to start a run's VM:
+- from a warm-boot snapshot (the default for images vmharness built): a VM of the same shape
+  was booted once and saved where its agent waits for a run's disks (snapshots.py); each run
+  restores it and hot-plugs its input and output disks into two PCIe ports kept free for them.
+  No boot at all: under emulation this takes a trivial run from ~15 s to ~5 s.
+- direct kernel boot with the image's kernel and initrd: what a snapshot is made from, and the
+  fallback whenever a snapshot cannot be made or restored;
+- from the image's own disk through its bootloader, as HTCondor's VM universe boots it.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,11 +32,20 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from ..errors import InfraError
 from .base import VMJob, VMOutcome
+from .snapshots import Snapshot, SnapshotStore
 
 QEMU = "qemu-system-x86_64"
 PROBE_TIMEOUT_S = 20
 PROBE_TTL_S = 24 * 3600
 ACCEL_ENV = "VMHARNESS_ACCEL"  # kvm | tcg | auto (default)
+# The agent of a VM booted with this on its kernel command line says READY_MARKER when it is
+# ready to be saved (see the guest agent).
+SNAPSHOT_FLAG = "vmharness.snapshot"
+READY_MARKER = b"vmharness-agent: ready for a snapshot"
+SNAPSHOT_BOOT_TIMEOUT_S = 300  # boot to READY_MARKER; ~11 s under TCG on a quiet machine
+MIGRATION_TIMEOUT_S = 120  # saving or restoring the state; about a second here
+# Hot-pluggable PCIe ports for a restored VM's two run disks, and the nodes plugged into them.
+RUN_DISK_PORTS = (("vmh-port-out", "vmh-out"), ("vmh-port-in", "vmh-in"))
 
 # Every qemu this process started and has not seen end, so an interrupt can stop them all.
 _running: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
@@ -104,23 +123,46 @@ def _probe_kvm(kernel: Path) -> tuple[str, str]:
 
 
 def qemu_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> list[str]:
+    """A VM that boots: the machine with the run's disks attached from the start."""
+    return _machine(job, accel, overlay, qmp_socket, job.console_log) + [
+        "-drive", f"file={_opt(job.input_disk)},if=virtio,format=raw,readonly=on",
+        # writeback: what the guest wrote is in the file even if qemu is killed at the timeout
+        "-drive", f"file={_opt(job.output_disk)},if=virtio,format=raw,cache=writeback",
+    ] + _kernel_args(job, job.cmdline)
+
+
+def _opt(path: Path) -> str:
+    """A path inside a qemu option list, where a comma separates options unless doubled."""
+    return str(path).replace(",", ",,")
+
+
+def _warm_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path,
+                  console: Path) -> list[str]:
+    """The VM a snapshot is made from, and restored into: no run disks, two free PCIe ports.
+
+    Making and restoring must use this same command (devices and their order): a migration
+    stream only loads into the machine it was saved from."""
+    ports: list[str] = []
+    for n, (port, _node) in enumerate(RUN_DISK_PORTS, start=1):
+        ports += ["-device", f"pcie-root-port,id={port},chassis={n},slot={n}"]
+    return (_machine(job, accel, overlay, qmp_socket, console, console_append=True) + ports
+            + _kernel_args(job, f"{job.cmdline} {SNAPSHOT_FLAG}"))
+
+
+def _machine(job: VMJob, accel: str, overlay: Path, qmp_socket: Path, console: Path, *,
+             console_append: bool = False) -> list[str]:
     cpu = "host" if accel == "kvm" else "max"
+    append = ",append=on" if console_append else ""
     cmd = [
         QEMU, "-name", job.name, "-machine", f"q35,accel={accel}", "-cpu", cpu,
         "-m", str(job.memory_mib), "-smp", str(job.cpus),
         "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
-        "-serial", f"file:{job.console_log}",
-        "-qmp", f"unix:{qmp_socket},server=on,wait=off",
-        "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
-        "-drive", f"file={job.input_disk},if=virtio,format=raw,readonly=on",
-        # writeback: what the guest wrote is in the file even if qemu is killed at the timeout
-        "-drive", f"file={job.output_disk},if=virtio,format=raw,cache=writeback",
+        "-chardev", f"file,id=vmh-serial,path={_opt(console)}{append}",
+        "-serial", "chardev:vmh-serial",
+        "-qmp", f"unix:{_opt(qmp_socket)},server=on,wait=off",
+        "-drive", f"file={_opt(overlay)},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
         "-device", "virtio-rng-pci",
     ]
-    if job.kernel is not None:
-        cmd += ["-kernel", str(job.kernel), "-append", job.cmdline]
-        if job.initrd is not None:
-            cmd += ["-initrd", str(job.initrd)]
     if job.network == "user":
         cmd += ["-nic", "user,model=virtio-net-pci"]
     else:
@@ -128,40 +170,267 @@ def qemu_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> lis
     return cmd
 
 
+def _kernel_args(job: VMJob, cmdline: str) -> list[str]:
+    if job.kernel is None:
+        return []
+    cmd = ["-kernel", str(job.kernel), "-append", cmdline]
+    if job.initrd is not None:
+        cmd += ["-initrd", str(job.initrd)]
+    return cmd
+
+
 def run_vm(job: VMJob, accel: str) -> VMOutcome:
-    """Boot the VM and wait for it to power off, or kill it at the wall-clock timeout."""
+    """Start the run's VM (from a snapshot where it can) and wait for it to power off, or kill
+    it at the wall-clock timeout."""
     job.workdir.mkdir(parents=True, exist_ok=True)
+    why_not = ""
+    if job.snapshot_store is not None and job.kernel is not None:
+        outcome, why_not = _run_from_snapshot(job, accel, SnapshotStore(job.snapshot_store))
+        if outcome is not None:
+            return outcome
+    outcome = _run_booting(job, accel)
+    outcome.boot = "direct kernel boot" if job.kernel is not None else "boot from disk"
+    if why_not:
+        outcome.boot += f" (no snapshot: {why_not})"
+    return outcome
+
+
+def _run_booting(job: VMJob, accel: str) -> VMOutcome:
     overlay = job.workdir / "overlay.qcow2"
     _create_overlay(job.base_disk, overlay)
+    with _qmp_dir() as qmp_socket:
+        try:
+            return _run_qemu(job, accel, qemu_command(job, accel, overlay, qmp_socket),
+                             qmp_socket)
+        finally:
+            overlay.unlink(missing_ok=True)  # the run's writes to the root disk are thrown away
+
+
+class _RestoreFailed(Exception):
+    """The snapshot did not load: nothing of the run has happened yet, so it can boot instead."""
+
+
+def _run_from_snapshot(job: VMJob, accel: str,
+                       store: SnapshotStore) -> tuple[VMOutcome | None, str]:
+    """The run, restored from its shape's snapshot (made now if there is none).
+
+    Returns no outcome, and why, when the run should boot instead: the snapshot could not be
+    made, or did not load (then it is discarded, and the next run makes a new one)."""
+    shape = _snapshot_shape(job, accel)
+    key = store.key(shape)
+    made_s = 0.0
+    snap = store.find(key)
+    if snap is None:
+        if failure := store.recent_failure(key):
+            return None, f"making one failed within the hour: {failure}"
+        with store.lock(key):  # a run of the same shape may be making it right now
+            snap = store.find(key)
+            if snap is None:
+                t0 = time.monotonic()
+                try:
+                    snap = _make_snapshot(job, accel, store, key, shape)
+                except _SnapshotFailed as exc:
+                    store.record_failure(key, str(exc))
+                    return None, str(exc)
+                made_s = time.monotonic() - t0
+    overlay = job.workdir / "overlay.qcow2"
+    _create_overlay(snap.overlay, overlay)
+    # The boot's console first, so a run's console.log reads as if it had booted.
+    shutil.copyfile(snap.console, job.console_log)
+    with open(job.console_log, "a") as console:
+        console.write(f"\n[vmharness: restored from snapshot {key}, made "
+                      f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(snap.made_at()))}]\n")
+    restore = {"restore": 0.0}
+    try:
+        with _qmp_dir() as qmp_socket:
+            cmd = _warm_command(job, accel, overlay, qmp_socket, job.console_log) + [
+                "-incoming", "defer"]
+            outcome = _run_qemu(job, accel, cmd, qmp_socket,
+                                started=lambda proc: _restore(job, proc, qmp_socket, snap,
+                                                              restore))
+    except _RestoreFailed as exc:
+        store.discard(key, f"restoring it failed: {exc}")
+        return None, f"restoring {key} failed: {exc}"
+    finally:
+        overlay.unlink(missing_ok=True)
+    outcome.boot = f"restored from snapshot {key}"
+    outcome.phases["restore"] = restore["restore"]
+    if made_s:
+        outcome.phases["snapshot"] = made_s
+        outcome.boot += f" (made for this run in {made_s:.0f}s)"
+    return outcome, ""
+
+
+def _snapshot_shape(job: VMJob, accel: str) -> dict:
+    """Everything a snapshot depends on: another value of any of these needs another one."""
+    return {
+        "image": str(job.base_disk), "image_mtime": job.base_disk.stat().st_mtime,
+        "image_folder": job.base_disk.parent.name, "kernel": str(job.kernel),
+        "initrd": str(job.initrd), "cmdline": job.cmdline, "qemu": qemu_version(),
+        "accel": accel, "memory_mib": job.memory_mib, "cpus": job.cpus, "network": job.network,
+    }
+
+
+class _SnapshotFailed(Exception):
+    pass
+
+
+def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
+                   shape: dict) -> Snapshot:
+    """Boot a VM of the job's shape with no run disks, wait for its agent to say it is ready,
+    and save it: memory and devices to `state`, its root overlay beside."""
+    work = store.workdir(key)
+    try:
+        overlay, console = work / "booted.qcow2", work / "console.log"
+        _create_overlay(job.base_disk, overlay)
+        with _qmp_dir() as qmp_socket:
+            proc = _start(_warm_command(job, accel, overlay, qmp_socket, console), work,
+                          qmp_socket)
+            try:
+                _wait_for_marker(proc, console)
+                qmp = _connect(qmp_socket, proc)
+                try:
+                    qmp.cmd("stop")
+                    state = work / "state"
+                    qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+                    _wait_migration(qmp, proc)
+                    qmp.cmd("quit")
+                finally:
+                    qmp.close()
+                proc.wait(timeout=30)
+            finally:
+                _forget(proc, qmp_socket)
+        if _stopping.is_set():
+            raise VMInterrupted(job.name)
+        return store.publish(key, work, shape)
+    except (_SnapshotFailed, _RestoreFailed, OSError, subprocess.SubprocessError,
+            InfraError) as exc:
+        raise _SnapshotFailed(str(exc)) from exc
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _wait_for_marker(proc: subprocess.Popen[bytes], console: Path) -> None:
+    deadline = time.monotonic() + SNAPSHOT_BOOT_TIMEOUT_S
+    seen, offset = b"", 0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(FileNotFoundError), open(console, "rb") as f:
+            f.seek(offset)
+            new = f.read()
+            offset += len(new)
+            seen = (seen + new)[-4096:]
+        if READY_MARKER in seen:
+            return
+        if proc.poll() is not None:
+            raise _SnapshotFailed(f"the VM ended (qemu exit code {proc.returncode}) before its "
+                                  f"agent was ready; last console lines: {_tail(seen)}")
+        time.sleep(0.05)
+    raise _SnapshotFailed(f"the agent was not ready after {SNAPSHOT_BOOT_TIMEOUT_S}s; "
+                          f"last console lines: {_tail(seen)}")
+
+
+def _tail(text: bytes) -> str:
+    return " | ".join(text.decode(errors="replace").strip().splitlines()[-3:]) or "(none)"
+
+
+def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path, snap: Snapshot,
+             timing: dict[str, float]) -> None:
+    """Load the snapshot into the paused qemu, plug in the run's disks, and let it go."""
+    t0 = time.monotonic()
+    qmp = _connect(qmp_socket, proc, error=_RestoreFailed)
+    try:
+        qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snap.state))}")
+        _wait_migration(qmp, proc, error=_RestoreFailed)
+        disks = ((job.output_disk, False), (job.input_disk, True))
+        for (port, node), (path, read_only) in zip(RUN_DISK_PORTS, disks, strict=True):
+            qmp.cmd("blockdev-add", **{"node-name": node, "driver": "raw",
+                                       "read-only": read_only,
+                                       "file": {"driver": "file", "filename": str(path)}})
+            qmp.cmd("device_add", driver="virtio-blk-pci", drive=node, bus=port, id=f"{node}-disk")
+        qmp.cmd("cont")
+    except _RestoreFailed:
+        raise
+    except Exception as exc:  # a QMP error: the state did not fit this qemu or machine
+        raise _RestoreFailed(f"{type(exc).__name__}: {exc}") from exc
+    finally:
+        qmp.close()
+    timing["restore"] = time.monotonic() - t0
+
+
+def _wait_migration(qmp: QEMUMonitorProtocol, proc: subprocess.Popen[bytes],
+                    error: type[Exception] = _SnapshotFailed) -> None:
+    deadline = time.monotonic() + MIGRATION_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = qmp.cmd("query-migrate")
+        if status.get("status") == "completed":
+            return
+        if status.get("status") in ("failed", "cancelled"):
+            raise error(f"migration {status.get('status')}: {status.get('error-desc', '')}")
+        if proc.poll() is not None:
+            raise error(f"qemu exited with code {proc.returncode} while migrating")
+        time.sleep(0.02)
+    raise error(f"migration not done after {MIGRATION_TIMEOUT_S}s")
+
+
+def _connect(qmp_socket: Path, proc: subprocess.Popen[bytes],
+             error: type[Exception] = _SnapshotFailed) -> QEMUMonitorProtocol:
+    deadline = time.monotonic() + 30
+    while True:
+        qmp = QEMUMonitorProtocol(str(qmp_socket))
+        try:
+            qmp.connect()
+            qmp.settimeout(MIGRATION_TIMEOUT_S)
+            return qmp
+        except Exception as exc:  # not listening yet
+            qmp.close()
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise error(f"no QMP connection to qemu ({exc})") from exc
+            time.sleep(0.01)
+
+
+@contextlib.contextmanager
+def _qmp_dir():
     # Unix socket paths are limited to ~107 bytes; run folders can be deep.
     sock_dir = Path(tempfile.mkdtemp(prefix="vmh-qmp-"))
-    qmp_socket = sock_dir / "qmp.sock"
-    cmd = qemu_command(job, accel, overlay, qmp_socket)
-    (job.workdir / "qemu-command.txt").write_text(" ".join(cmd) + "\n")
-    t0 = time.monotonic()
-    stderr_path = job.workdir / "qemu-stderr.log"
-    proc: subprocess.Popen[bytes] | None = None
     try:
-        with open(stderr_path, "wb") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
-            with _running_lock:
-                _running[proc.pid] = (proc, qmp_socket)
-            try:
-                code = proc.wait(timeout=job.wall_timeout_s)
-                ended = "poweroff" if code == 0 else "error"
-            except subprocess.TimeoutExpired:
-                _stop(proc, qmp_socket)
-                code, ended = proc.returncode, "timeout"
-            except BaseException:  # Ctrl-C or our own kill: never leave a VM behind
-                _stop(proc, qmp_socket)
-                raise
+        yield sock_dir / "qmp.sock"
     finally:
-        if proc is not None:
-            with _running_lock:
-                _running.pop(proc.pid, None)
         shutil.rmtree(sock_dir, ignore_errors=True)
-        overlay.unlink(missing_ok=True)  # the run's writes to the root disk are thrown away
+
+
+def _start(cmd: list[str], workdir: Path, qmp_socket: Path) -> subprocess.Popen[bytes]:
+    (workdir / "qemu-command.txt").write_text(shlex.join(cmd) + "\n")
+    with open(workdir / "qemu-stderr.log", "wb") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    with _running_lock:
+        _running[proc.pid] = (proc, qmp_socket)
+    return proc
+
+
+def _forget(proc: subprocess.Popen[bytes], qmp_socket: Path) -> None:
+    if proc.poll() is None:
+        _stop(proc, qmp_socket)
+    with _running_lock:
+        _running.pop(proc.pid, None)
+
+
+def _run_qemu(job: VMJob, accel: str, cmd: list[str], qmp_socket: Path,
+              started=None) -> VMOutcome:
+    t0 = time.monotonic()
+    proc = _start(cmd, job.workdir, qmp_socket)
+    try:
+        if started is not None:
+            started(proc)
+        try:
+            code = proc.wait(timeout=max(1.0, job.wall_timeout_s - (time.monotonic() - t0)))
+            ended = "poweroff" if code == 0 else "error"
+        except subprocess.TimeoutExpired:
+            _stop(proc, qmp_socket)
+            code, ended = proc.returncode, "timeout"
+    finally:  # Ctrl-C, our own kill or a failed restore: never leave a VM behind
+        _forget(proc, qmp_socket)
     if _stopping.is_set():
         raise VMInterrupted(job.name)
     seconds = time.monotonic() - t0
@@ -169,7 +438,8 @@ def run_vm(job: VMJob, accel: str) -> VMOutcome:
     if ended == "timeout":
         reason = f"VM still running after the wall-clock timeout of {job.wall_timeout_s}s; killed"
     elif ended == "error":
-        tail = stderr_path.read_text(errors="replace").strip().splitlines()[-3:]
+        stderr = (job.workdir / "qemu-stderr.log").read_text(errors="replace")
+        tail = stderr.strip().splitlines()[-3:]
         reason = f"qemu exited with code {code}: {' '.join(tail) or 'no message'}"
     return VMOutcome(ended=ended, seconds=seconds, accelerator=accel, reason=reason,
                      exit_code=code, host=platform.node())

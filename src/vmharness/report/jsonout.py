@@ -62,6 +62,7 @@ def _run_dict(run: Run, result: RunResult | None) -> dict:
             for p in result.problems
         ],
         "accelerator": clean(result.accelerator),
+        "boot": clean(result.boot),
         "host": clean(result.host),
         "attempt": result.attempt,
         "exit_code": result.exit_code,
@@ -142,6 +143,7 @@ def read_json(path: Path) -> ReportInput:
                     for p in r.get("problems", [])
                 ],
                 accelerator=r.get("accelerator", ""),
+                boot=r.get("boot", ""),
                 host=r.get("host", ""),
                 attempt=int(r.get("attempt", 1)),
                 log_dir=r.get("log_dir", ""),

@@ -88,6 +88,7 @@ def _suite(run: Run, result: RunResult | None) -> ET.Element:
         for name, value in (
             ("reason", result.reason),
             ("accelerator", result.accelerator),
+            ("boot", result.boot),
             ("attempt", result.attempt),
             ("log_dir", result.log_dir),
             ("exit_code", "" if result.exit_code is None else result.exit_code),

@@ -72,6 +72,7 @@ class RunResult:
     counts: TestCounts = field(default_factory=TestCounts)
     problems: list[Problem] = field(default_factory=list)
     accelerator: str = ""
+    boot: str = ""  # how the VM started: restored from a snapshot, or which way it booted
     host: str = ""
     attempt: int = 1
     log_dir: str = ""

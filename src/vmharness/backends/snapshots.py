@@ -1,0 +1,159 @@
+"""The store of warm-boot snapshots: VMs booted once and saved where their agent waits for a run.
+
+Under emulation a boot costs ~11 s of the ~15 s a trivial run takes; restoring a saved VM costs
+under a second. For each image and VM shape (memory, vCPUs, network, accelerator, qemu) the
+local backend makes one snapshot on first use and restores it for every run (see local.py for
+how). A snapshot is a folder, published whole by a rename and read-only once published:
+
+    state         the VM's memory and devices, as a qemu migration stream
+    booted.qcow2  the root disk's overlay at that moment (each run adds its own on top)
+    console.log   the boot's serial console, put at the head of every run's console.log
+    snapshot.json what it was made from, and when
+
+Snapshots live beside the image cache (<cache>/snapshots/). They are as old as their image at
+most: a rebuilt image, a new qemu or a changed VM shape makes a new key, and `vmharness image
+prune` removes the snapshots of images that are gone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+SNAPSHOT_FORMAT = 1  # bump when what a snapshot holds, or how it is restored, changes
+FAILURE_TTL_S = 3600  # after a failed attempt, cold boots for this long instead of retrying
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    folder: Path
+
+    @property
+    def state(self) -> Path:
+        return self.folder / "state"
+
+    @property
+    def overlay(self) -> Path:
+        return self.folder / "booted.qcow2"
+
+    @property
+    def console(self) -> Path:
+        return self.folder / "console.log"
+
+    def meta(self) -> dict:
+        return json.loads((self.folder / "snapshot.json").read_text())
+
+    def made_at(self) -> float:
+        try:
+            return float(self.meta()["made_at"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return self.state.stat().st_mtime
+
+
+class SnapshotStore:
+    def __init__(self, root: Path):
+        self.root = root
+
+    def key(self, shape: dict) -> str:
+        """The folder name for a VM shape: everything that must match for a restore to work."""
+        blob = json.dumps({"format": SNAPSHOT_FORMAT, **shape}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def find(self, key: str) -> Snapshot | None:
+        snap = Snapshot(self.root / key)
+        return snap if (snap.folder / "snapshot.json").is_file() and snap.state.is_file() else None
+
+    def recent_failure(self, key: str) -> str | None:
+        """Why making this snapshot failed within the last hour, if it did."""
+        marker = self.root / f"{key}.failed"
+        with contextlib.suppress(OSError):
+            if time.time() - marker.stat().st_mtime < FAILURE_TTL_S:
+                return marker.read_text().strip()
+        return None
+
+    def record_failure(self, key: str, reason: str) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / f"{key}.failed").write_text(reason + "\n")
+
+    def discard(self, key: str, reason: str) -> None:
+        """A snapshot that could not be restored: remove it, so the next run makes a new one."""
+        folder = self.root / key
+        if folder.is_dir():
+            trash = self.root / f"{key}.discarded-{os.getpid()}"
+            with contextlib.suppress(OSError):
+                folder.rename(trash)
+                _remove(trash)
+        self.record_failure(key, reason)
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Held while a snapshot is made, so two runs wanting the same one make it once."""
+        locks = self.root / "locks"
+        locks.mkdir(parents=True, exist_ok=True)
+        with open(locks / f"{key}.lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def workdir(self, key: str) -> Path:
+        work = self.root / "tmp" / f"{key}-{os.getpid()}-{int(time.time())}"
+        if work.exists():
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        return work
+
+    def publish(self, key: str, work: Path, meta: dict) -> Snapshot:
+        (work / "snapshot.json").write_text(json.dumps({**meta, "made_at": time.time()},
+                                                       indent=2) + "\n")
+        for path in work.iterdir():
+            path.chmod(0o444)
+        final = self.root / key
+        os.rename(work, final)  # atomic: a crash leaves only tmp/ leftovers, never half a snapshot
+        (self.root / f"{key}.failed").unlink(missing_ok=True)
+        return Snapshot(final)
+
+    def list(self) -> list[Snapshot]:
+        if not self.root.is_dir():
+            return []
+        return [s for d in sorted(self.root.iterdir()) if (s := self.find(d.name)) is not None]
+
+    def prune(self, images_present: set[str], dry_run: bool = False) -> list[Path]:
+        """Remove snapshots of images no longer in the cache, failure markers and leftovers."""
+        removed: list[Path] = []
+        for snap in self.list():
+            try:
+                image = snap.meta().get("image_folder", "")
+            except (OSError, ValueError):
+                image = ""
+            if image not in images_present:
+                removed.append(snap.folder)
+        if self.root.is_dir():
+            removed += [p for p in self.root.iterdir()
+                        if p.name.endswith(".failed") or ".discarded-" in p.name]
+        tmp = self.root / "tmp"
+        if tmp.is_dir():  # a snapshot being made holds its lock for a minute at most
+            removed += [p for p in tmp.iterdir() if time.time() - p.stat().st_mtime > 3600]
+        if not dry_run:
+            for path in removed:
+                _remove(path)
+        return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        for sub in [path, *path.rglob("*")]:
+            with contextlib.suppress(OSError):
+                sub.chmod(0o755 if sub.is_dir() else 0o644)
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
