@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
+from .backends.snapshots import SnapshotStore
 from .errors import (
     EXIT_INFRA,
     EXIT_NOT_ALL_PASSED,
@@ -259,12 +260,16 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 def cmd_image_list(args: argparse.Namespace) -> int:
     cache = ImageCache()
     images = cache.list()
+    snapshots = SnapshotStore(cache.root / "snapshots").by_image()
     table = Table(title=f"images in {cache.images_dir}")
-    for col in ("recipe", "folder", "size", "age", "hostname", "content name"):
+    for col in ("recipe", "folder", "size", "age", "hostname", "content name", "snapshots"):
         table.add_column(col)
     for image in images:
+        snaps = snapshots.get(image.folder.name, [])
+        size = sum(s.size_bytes() for s in snaps)
         table.add_row(image.recipe, image.folder.name, f"{image.size_bytes / 1e6:.0f} MB",
-                      f"{image.age_s() / 3600:.1f} h", image.hostname, image.content_name)
+                      f"{image.age_s() / 3600:.1f} h", image.hostname, image.content_name,
+                      f"{len(snaps)} ({size / 1e6:.0f} MB)" if snaps else "-")
     console.print(table if images else "no cached images (build one: vmharness image build)")
     return EXIT_PASS
 
@@ -272,7 +277,11 @@ def cmd_image_list(args: argparse.Namespace) -> int:
 def cmd_image_prune(args: argparse.Namespace) -> int:
     if args.keep < 0:
         raise UsageError("--keep must be 0 or more")
-    removed = ImageCache().prune(keep=args.keep, dry_run=args.dry_run)
+    cache = ImageCache()
+    removed = cache.prune(keep=args.keep, dry_run=args.dry_run)
+    # A snapshot is only as good as its image: those of removed images go too.
+    kept = {i.folder.name for i in cache.list()} - {p.name for p in removed}
+    removed += SnapshotStore(cache.root / "snapshots").prune(kept, dry_run=args.dry_run)
     verb = "would remove" if args.dry_run else "removed"
     for path in removed:
         console.print(f"{verb} {path}")

@@ -122,8 +122,9 @@ def collect(run: Run, job: VMJob, outcome: VMOutcome, ctx: RunContext, attempt: 
     result.attempt = attempt
     result.log_dir = str(log_dir.relative_to(ctx.run_dir))
     result.phases.update({k: round(v, 3) for k, v in phases.items()})
+    # Making a snapshot is paid by the run that needed it first: part of its time.
     result.duration_s = round(sum(v for k, v in phases.items() if k in
-                                  ("disks", "vm", "extraction")), 3)
+                                  ("disks", "vm", "extraction", "snapshot")), 3)
     if extraction.skipped:
         _write_lines(log_dir / "extraction-skipped.txt",
                      [f"{path}: {why}" for path, why in extraction.skipped])

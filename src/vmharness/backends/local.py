@@ -296,7 +296,7 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
                     _wait_migration(qmp, proc)
                     qmp.cmd("quit")
                 finally:
-                    qmp.close()
+                    _close(qmp)
                 proc.wait(timeout=30)
             finally:
                 _forget(proc, qmp_socket)
@@ -354,7 +354,7 @@ def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path, snap: 
     except Exception as exc:  # a QMP error: the state did not fit this qemu or machine
         raise _RestoreFailed(f"{type(exc).__name__}: {exc}") from exc
     finally:
-        qmp.close()
+        _close(qmp)
     timing["restore"] = time.monotonic() - t0
 
 
@@ -377,16 +377,25 @@ def _connect(qmp_socket: Path, proc: subprocess.Popen[bytes],
              error: type[Exception] = _SnapshotFailed) -> QEMUMonitorProtocol:
     deadline = time.monotonic() + 30
     while True:
-        qmp = QEMUMonitorProtocol(str(qmp_socket))
-        try:
-            qmp.connect()
-            qmp.settimeout(MIGRATION_TIMEOUT_S)
-            return qmp
-        except Exception as exc:  # not listening yet
-            qmp.close()
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise error(f"no QMP connection to qemu ({exc})") from exc
-            time.sleep(0.01)
+        if qmp_socket.exists():  # qemu listens on it from its start (wait=off)
+            qmp = QEMUMonitorProtocol(str(qmp_socket))
+            try:
+                qmp.connect()
+                qmp.settimeout(MIGRATION_TIMEOUT_S)
+                return qmp
+            except Exception as exc:
+                _close(qmp)
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise error(f"no QMP connection to qemu ({exc})") from exc
+        elif proc.poll() is not None or time.monotonic() > deadline:
+            raise error(f"qemu did not start (exit code {proc.poll()}); see qemu-stderr.log")
+        time.sleep(0.01)
+
+
+def _close(qmp: QEMUMonitorProtocol) -> None:
+    # Closing a connection to a qemu that has just exited raises; there is nothing to close.
+    with contextlib.suppress(Exception):
+        qmp.close()
 
 
 @contextlib.contextmanager

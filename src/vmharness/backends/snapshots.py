@@ -51,6 +51,9 @@ class Snapshot:
     def meta(self) -> dict:
         return json.loads((self.folder / "snapshot.json").read_text())
 
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
+
     def made_at(self) -> float:
         try:
             return float(self.meta()["made_at"])
@@ -127,16 +130,21 @@ class SnapshotStore:
             return []
         return [s for d in sorted(self.root.iterdir()) if (s := self.find(d.name)) is not None]
 
-    def prune(self, images_present: set[str], dry_run: bool = False) -> list[Path]:
-        """Remove snapshots of images no longer in the cache, failure markers and leftovers."""
-        removed: list[Path] = []
+    def by_image(self) -> dict[str, list[Snapshot]]:
+        """Snapshots by the name of the image folder they were made from."""
+        out: dict[str, list[Snapshot]] = {}
         for snap in self.list():
             try:
-                image = snap.meta().get("image_folder", "")
+                image = str(snap.meta().get("image_folder", ""))
             except (OSError, ValueError):
                 image = ""
-            if image not in images_present:
-                removed.append(snap.folder)
+            out.setdefault(image, []).append(snap)
+        return out
+
+    def prune(self, images_present: set[str], dry_run: bool = False) -> list[Path]:
+        """Remove snapshots of images no longer in the cache, failure markers and leftovers."""
+        removed = [snap.folder for image, snaps in self.by_image().items()
+                   if image not in images_present for snap in snaps]
         if self.root.is_dir():
             removed += [p for p in self.root.iterdir()
                         if p.name.endswith(".failed") or ".discarded-" in p.name]

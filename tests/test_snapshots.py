@@ -1,0 +1,141 @@
+"""The warm-boot snapshot store, without VMs: keys, publishing, failures, pruning; and the
+qemu command lines a snapshot is made from and restored into."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from vmharness.backends import local
+from vmharness.backends.base import VMJob
+from vmharness.backends.snapshots import FAILURE_TTL_S, SnapshotStore
+
+SHAPE = {"image": "/c/images/debian-12-abc/disk.qcow2", "image_folder": "debian-12-abc",
+         "kernel": "/c/k", "initrd": "/c/i", "cmdline": "root=/dev/vda2", "qemu": "7.2",
+         "accel": "tcg", "memory_mib": 512, "cpus": 1, "network": "none"}
+
+
+def made(store: SnapshotStore, shape: dict = SHAPE) -> str:
+    key = store.key(shape)
+    work = store.workdir(key)
+    (work / "state").write_bytes(b"state")
+    (work / "booted.qcow2").write_bytes(b"disk")
+    (work / "console.log").write_text("booted\n")
+    store.publish(key, work, shape)
+    return key
+
+
+def test_every_part_of_the_shape_changes_the_key(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    base = store.key(SHAPE)
+    assert store.key(dict(SHAPE)) == base
+    for field, other in [("memory_mib", 1024), ("cpus", 2), ("network", "user"),
+                         ("accel", "kvm"), ("qemu", "8.0"), ("cmdline", "x"),
+                         ("image", "/other"), ("kernel", "/k2")]:
+        assert store.key({**SHAPE, field: other}) != base, field
+
+
+def test_publish_is_whole_and_read_only(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    key = store.key(SHAPE)
+    assert store.find(key) is None
+    made(store)
+    snap = store.find(key)
+    assert snap is not None and snap.state.read_bytes() == b"state"
+    assert snap.meta()["memory_mib"] == 512 and snap.made_at() <= time.time()
+    for path in snap.folder.iterdir():
+        assert path.stat().st_mode & 0o222 == 0, path
+    assert not list((tmp_path / "tmp").iterdir())  # nothing left half-made
+
+
+def test_a_folder_without_its_state_is_not_a_snapshot(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    key = made(store)
+    os.chmod(tmp_path / key, 0o755)
+    (tmp_path / key / "state").unlink()
+    assert store.find(key) is None
+
+
+def test_a_failure_is_remembered_for_an_hour_and_a_discard_removes(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    key = made(store)
+    store.discard(key, "restoring it failed: bad stream")
+    assert store.find(key) is None and not (tmp_path / key).exists()
+    assert store.recent_failure(key) == "restoring it failed: bad stream"
+    old = time.time() - FAILURE_TTL_S - 1
+    os.utime(tmp_path / f"{key}.failed", (old, old))
+    assert store.recent_failure(key) is None
+    made(store)  # a new snapshot clears the marker
+    assert not (tmp_path / f"{key}.failed").exists()
+
+
+def test_prune_removes_snapshots_of_images_that_are_gone(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    kept = made(store)
+    gone = made(store, {**SHAPE, "image_folder": "debian-12-old", "image": "/old"})
+    assert set(store.by_image()) == {"debian-12-abc", "debian-12-old"}
+    assert store.prune({"debian-12-abc"}, dry_run=True) == [tmp_path / gone]
+    assert store.find(gone) is not None  # a dry run removes nothing
+    store.prune({"debian-12-abc"})
+    assert store.find(gone) is None and store.find(kept) is not None
+
+
+def test_the_lock_lets_one_maker_at_a_time(tmp_path: Path) -> None:
+    store = SnapshotStore(tmp_path)
+    inside: list[int] = []
+    overlap: list[bool] = []
+
+    def maker(n: int) -> None:
+        with store.lock("k"):
+            inside.append(n)
+            overlap.append(len(inside) > 1)
+            time.sleep(0.05)
+            inside.remove(n)
+
+    threads = [threading.Thread(target=maker, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert overlap == [False, False, False]
+
+
+def job(tmp_path: Path, **kw) -> VMJob:
+    return VMJob(name="vmharness-0001", base_disk=tmp_path / "disk.qcow2",
+                 kernel=tmp_path / "vmlinuz", initrd=tmp_path / "initrd.img",
+                 cmdline="root=/dev/vda2", input_disk=tmp_path / "in.img",
+                 output_disk=tmp_path / "out.img", workdir=tmp_path,
+                 console_log=tmp_path / "console.log", **kw)
+
+
+def test_warm_command_has_no_run_disks_and_two_free_ports(tmp_path: Path) -> None:
+    j = job(tmp_path)
+    warm = local._warm_command(j, "tcg", tmp_path / "o.qcow2", tmp_path / "q.sock",
+                               tmp_path / "c.log")
+    text = " ".join(warm)
+    assert "in.img" not in text and "out.img" not in text
+    assert text.count("pcie-root-port") == 2
+    assert warm[warm.index("-append") + 1].endswith(local.SNAPSHOT_FLAG)
+    cold = " ".join(local.qemu_command(j, "tcg", tmp_path / "o.qcow2", tmp_path / "q.sock"))
+    assert "in.img" in cold and "out.img" in cold and local.SNAPSHOT_FLAG not in cold
+
+
+def test_commas_in_paths_do_not_split_qemu_options(tmp_path: Path) -> None:
+    odd = tmp_path / "a,b"
+    cmd = local.qemu_command(job(odd), "tcg", odd / "o.qcow2", tmp_path / "q.sock")
+    drives = [cmd[i + 1] for i, a in enumerate(cmd) if a == "-drive"]
+    assert all("a,,b" in d for d in drives), drives
+
+
+@pytest.mark.parametrize("network", ["none", "user"])
+def test_snapshot_and_restore_use_the_same_machine(tmp_path: Path, network: str) -> None:
+    """A migration stream loads only into the machine it came from: one command for both."""
+    j = job(tmp_path, network=network)
+    a = local._warm_command(j, "tcg", tmp_path / "x", tmp_path / "s1", tmp_path / "c1")
+    b = local._warm_command(j, "tcg", tmp_path / "y", tmp_path / "s2", tmp_path / "c2")
+    devices = [x for x in a if x.startswith(("virtio", "pcie", "user", "none"))]
+    assert devices == [x for x in b if x.startswith(("virtio", "pcie", "user", "none"))]
