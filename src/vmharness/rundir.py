@@ -20,6 +20,7 @@ from rich.console import Console
 
 from . import __version__
 from .backends import local
+from .backends.snapshots import SnapshotStore
 from .errors import InfraError, SpecError
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, load_recipe
@@ -142,7 +143,10 @@ def run_locally(folder: RunFolder, cache: ImageCache, console: Console, *, jobs:
         console.print(f"resuming: {len(recovered)} run(s) were interrupted and will run again")
     pending = sum(1 for s, _ in folder.db.states().values() if s == "pending")
     console.print(f"{pending} run(s) to do, {why}; logs in [bold]{folder.path}[/]")
-    ctx = folder.context(boot, snapshot_store=cache.root / "snapshots")
+    store = cache.root / "snapshots"
+    if boot == "snapshot":  # those of images the cache no longer has are ~130 MB of nothing
+        SnapshotStore(store).prune({image.folder.name for image in cache.list()})
+    ctx = folder.context(boot, snapshot_store=store)
 
     def line(run: Run, result: RunResult) -> None:
         colour = "green" if result.status in PASSING else "red"

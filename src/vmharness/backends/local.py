@@ -216,32 +216,26 @@ def _run_from_snapshot(job: VMJob, accel: str,
 
     Returns no outcome, and why, when the run should boot instead: the snapshot could not be
     made, or did not load (then it is discarded, and the next run makes a new one)."""
-    shape = _snapshot_shape(job, accel)
-    key = store.key(shape)
-    made_s = 0.0
-    snap = store.find(key)
-    if snap is None:
-        if failure := store.recent_failure(key):
-            return None, f"making one failed within the hour: {failure}"
-        with store.lock(key):  # a run of the same shape may be making it right now
-            snap = store.find(key)
-            if snap is None:
-                t0 = time.monotonic()
-                try:
-                    snap = _make_snapshot(job, accel, store, key, shape)
-                except _SnapshotFailed as exc:
-                    store.record_failure(key, str(exc))
-                    return None, str(exc)
-                made_s = time.monotonic() - t0
+    try:
+        key = store.key(_snapshot_shape(job, accel))
+        snap, made_s = _snapshot_for(job, accel, store, key)
+    except _SnapshotFailed as exc:
+        return None, str(exc)
+    except OSError as exc:  # e.g. a cache folder that cannot be written
+        return None, f"the snapshot store {store.root} is not usable: {exc}"
     overlay = job.workdir / "overlay.qcow2"
-    _create_overlay(snap.overlay, overlay)
-    # The boot's console first, so a run's console.log reads as if it had booted.
-    shutil.copyfile(snap.console, job.console_log)
-    with open(job.console_log, "a") as console:
-        console.write(f"\n[vmharness: restored from snapshot {key}, made "
-                      f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(snap.made_at()))}]\n")
     restore = {"restore": 0.0}
     try:
+        try:
+            _create_overlay(snap.overlay, overlay)
+            # The boot's console first, so a run's console.log reads as if it had booted.
+            shutil.copyfile(snap.console, job.console_log)
+            with open(job.console_log, "a") as console:
+                console.write(f"\n[vmharness: restored from snapshot {key}, made "
+                              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(snap.made_at()))}"
+                              "]\n")
+        except (OSError, InfraError) as exc:  # e.g. pruned by another process just now
+            raise _RestoreFailed(str(exc)) from exc
         with _qmp_dir() as qmp_socket:
             cmd = _warm_command(job, accel, overlay, qmp_socket, job.console_log) + [
                 "-incoming", "defer"]
@@ -249,7 +243,8 @@ def _run_from_snapshot(job: VMJob, accel: str,
                                 started=lambda proc: _restore(job, proc, qmp_socket, snap,
                                                               restore))
     except _RestoreFailed as exc:
-        store.discard(key, f"restoring it failed: {exc}")
+        with contextlib.suppress(OSError):
+            store.discard(key, f"restoring it failed: {exc}")
         return None, f"restoring {key} failed: {exc}"
     finally:
         overlay.unlink(missing_ok=True)
@@ -259,6 +254,27 @@ def _run_from_snapshot(job: VMJob, accel: str,
         outcome.phases["snapshot"] = made_s
         outcome.boot += f" (made for this run in {made_s:.0f}s)"
     return outcome, ""
+
+
+def _snapshot_for(job: VMJob, accel: str, store: SnapshotStore,
+                  key: str) -> tuple[Snapshot, float]:
+    """The snapshot for `key`, and the seconds spent making it here (0 if it was there)."""
+    snap = store.find(key)
+    if snap is not None:
+        return snap, 0.0
+    if failure := store.recent_failure(key):
+        raise _SnapshotFailed(f"making one failed within the hour: {failure}")
+    with store.lock(key):  # a run of the same shape may be making it right now
+        snap = store.find(key)
+        if snap is not None:
+            return snap, 0.0
+        t0 = time.monotonic()
+        try:
+            snap = _make_snapshot(job, accel, store, key, _snapshot_shape(job, accel))
+        except _SnapshotFailed as exc:
+            store.record_failure(key, str(exc))
+            raise
+        return snap, time.monotonic() - t0
 
 
 def _snapshot_shape(job: VMJob, accel: str) -> dict:

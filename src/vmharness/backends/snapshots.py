@@ -145,9 +145,9 @@ class SnapshotStore:
         """Remove snapshots of images no longer in the cache, failure markers and leftovers."""
         removed = [snap.folder for image, snaps in self.by_image().items()
                    if image not in images_present for snap in snaps]
-        if self.root.is_dir():
-            removed += [p for p in self.root.iterdir()
-                        if p.name.endswith(".failed") or ".discarded-" in p.name]
+        if self.root.is_dir():  # failure markers once they no longer stop anything
+            removed += [p for p in self.root.iterdir() if ".discarded-" in p.name or (
+                p.name.endswith(".failed") and time.time() - p.stat().st_mtime > FAILURE_TTL_S)]
         tmp = self.root / "tmp"
         if tmp.is_dir():  # a snapshot being made holds its lock for a minute at most
             removed += [p for p in tmp.iterdir() if time.time() - p.stat().st_mtime > 3600]
