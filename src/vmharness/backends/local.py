@@ -243,6 +243,8 @@ def _run_from_snapshot(job: VMJob, accel: str,
                                 started=lambda proc: _restore(job, proc, qmp_socket, snap,
                                                               restore))
     except _RestoreFailed as exc:
+        if _stopping.is_set():  # we stopped it (Ctrl-C): the snapshot is not to blame
+            raise VMInterrupted(job.name) from exc
         with contextlib.suppress(OSError):
             store.discard(key, f"restoring it failed: {exc}")
         return None, f"restoring {key} failed: {exc}"
@@ -321,6 +323,8 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
         return store.publish(key, work, shape)
     except (_SnapshotFailed, _RestoreFailed, OSError, subprocess.SubprocessError,
             InfraError) as exc:
+        if _stopping.is_set():  # we stopped it (Ctrl-C): not the snapshot's failure
+            raise VMInterrupted(job.name) from exc
         raise _SnapshotFailed(str(exc)) from exc
     finally:
         if work.exists():
