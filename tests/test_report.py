@@ -155,6 +155,7 @@ def make_result(
         counts=counts,
         problems=problems,
         accelerator="kvm",
+        boot="restored from snapshot 0123456789abcdef",
         host="node01.example.org",
         attempt=2 if status == "died" else 1,
         log_dir=f"runs/{run.id}" if log_dir is None else log_dir,
@@ -427,6 +428,7 @@ def test_json_round_trip(tmp_path):
     back = read_json(path)
     assert [r.key for r, _ in back.entries] == [r.key for r, _ in inp.entries]
     assert to_json(back)["runs"] == to_json(inp)["runs"]
+    assert {r.boot for _, r in back.entries if r} == {"restored from snapshot 0123456789abcdef"}
     cmp = compare(inp, back)
     assert cmp.unchanged_passing == 3  # pass (twice) and ignore
     assert len(cmp.still_failing) == 7 and not cmp.new_failures and not cmp.fixed

@@ -147,6 +147,8 @@ def _run_data(run: Run, result: RunResult | None, href: str) -> dict:
     )
     if result.exit_code is not None:
         d["ex"] = result.exit_code
+    if result.boot:
+        d["boot"] = clean(result.boot, MAX_FIELD)
     if result.hold_reason:
         d["hold"] = clean(result.hold_reason, MAX_REASON)
     if result.phases:
