@@ -131,11 +131,65 @@ def test_commas_in_paths_do_not_split_qemu_options(tmp_path: Path) -> None:
     assert all("a,,b" in d for d in drives), drives
 
 
-@pytest.mark.parametrize("network", ["none", "user"])
-def test_snapshot_and_restore_use_the_same_machine(tmp_path: Path, network: str) -> None:
-    """A migration stream loads only into the machine it came from: one command for both."""
-    j = job(tmp_path, network=network)
-    a = local._warm_command(j, "tcg", tmp_path / "x", tmp_path / "s1", tmp_path / "c1")
-    b = local._warm_command(j, "tcg", tmp_path / "y", tmp_path / "s2", tmp_path / "c2")
-    devices = [x for x in a if x.startswith(("virtio", "pcie", "user", "none"))]
-    assert devices == [x for x in b if x.startswith(("virtio", "pcie", "user", "none"))]
+def test_runs_that_waited_for_a_failed_maker_do_not_try_again(tmp_path: Path, monkeypatch) -> None:
+    attempts: list[str] = []
+
+    def failing_make(job, accel, store, key, shape):
+        attempts.append(key)
+        raise local._SnapshotFailed("the agent was not ready after 300s")
+
+    monkeypatch.setattr(local, "_make_snapshot", failing_make)
+    monkeypatch.setattr(local, "qemu_version", lambda: "7.2")
+    (tmp_path / "disk.qcow2").write_bytes(b"")
+    store = SnapshotStore(tmp_path / "snaps")
+    j = job(tmp_path)
+    key = store.key(local._snapshot_shape(j, "tcg"))
+    for _ in range(3):  # the first makes and fails; the others find its failure under the lock
+        with pytest.raises(local._SnapshotFailed):
+            local._snapshot_for(j, "tcg", store, key)
+    assert attempts == [key]
+    assert "not ready" in (store.recent_failure(key) or "")
+
+
+def test_an_unusable_store_means_a_boot_not_a_crash(tmp_path: Path, monkeypatch) -> None:
+    booted: list[VMJob] = []
+
+    def fake_boot(j, accel):
+        booted.append(j)
+        return local.VMOutcome(ended="poweroff", seconds=1.0, accelerator=accel)
+
+    monkeypatch.setattr(local, "_run_booting", fake_boot)
+    monkeypatch.setattr(local, "qemu_version", lambda: "7.2")
+    (tmp_path / "disk.qcow2").write_bytes(b"")
+    (tmp_path / "not-a-folder").write_text("")
+    outcome = local.run_vm(job(tmp_path, snapshot_store=tmp_path / "not-a-folder"), "tcg")
+    assert len(booted) == 1
+    assert outcome.boot.startswith("direct kernel boot (no snapshot: the snapshot store")
+
+
+def test_a_qmp_error_while_saving_is_a_failed_snapshot(tmp_path: Path, monkeypatch) -> None:
+    """Whatever goes wrong while making it (here: QMP refuses a command), the run can boot."""
+    import subprocess
+
+    class RefusingQMP:
+        def cmd(self, name, **kw):
+            raise RuntimeError(f"{name}: refused")
+
+    monkeypatch.setattr(local, "_create_overlay", lambda base, overlay: overlay.write_bytes(b""))
+    monkeypatch.setattr(local, "_start", lambda cmd, work, sock: subprocess.Popen(["true"]))
+    monkeypatch.setattr(local, "_wait_for_marker", lambda proc, console: None)
+    monkeypatch.setattr(local, "_connect", lambda sock, proc, error=None: RefusingQMP())
+    store = SnapshotStore(tmp_path / "snaps")
+    with pytest.raises(local._SnapshotFailed, match="stop: refused"):
+        local._make_snapshot(job(tmp_path), "tcg", store, "k", SHAPE)
+    assert store.find("k") is None
+    assert not list((store.root / "tmp").iterdir())  # its work folder is gone
+
+
+def test_no_vm_starts_once_stopping_has_begun(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(local, "_stopping", threading.Event())
+    local._stopping.set()
+    with pytest.raises(local.VMInterrupted):
+        local._start(["qemu-system-x86_64", "-name", "vmharness-0001"], tmp_path,
+                     tmp_path / "q.sock")
+    assert not local._running

@@ -96,6 +96,15 @@ def test_a_restored_guest_has_the_hosts_clock(warm) -> None:
         assert t0 - 3 <= clock <= t1 + 3, (clock, t0, t1)
 
 
+def test_the_agent_set_the_clock_and_reseeded_the_rng(warm) -> None:
+    """Said in its log: a warning there would mean it could not (and the checks above might
+    pass by luck, the kernel reseeding on its own)."""
+    for run, *_ in warm["restored"]:
+        log = (warm["ctx"].run_dir / "runs" / run.id / "output" / "agent.log").read_text()
+        assert "clock set from the RTC" in log and "kernel RNG reseeded with 64 bytes" in log
+        assert "WARNING" not in log
+
+
 def test_restored_guests_do_not_share_random_numbers(warm) -> None:
     values = [reported(warm["ctx"], run)["random"] for run, *_ in warm["restored"]]
     first = reported(warm["ctx"], warm["first"][0])["random"]

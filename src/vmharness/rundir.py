@@ -10,6 +10,7 @@ rebuilding its reports from the database alone.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import platform as host_platform
 import time
@@ -145,7 +146,8 @@ def run_locally(folder: RunFolder, cache: ImageCache, console: Console, *, jobs:
     console.print(f"{pending} run(s) to do, {why}; logs in [bold]{folder.path}[/]")
     store = cache.root / "snapshots"
     if boot == "snapshot":  # those of images the cache no longer has are ~130 MB of nothing
-        SnapshotStore(store).prune({image.folder.name for image in cache.list()})
+        with contextlib.suppress(OSError):  # tidying up must never stop the runs
+            SnapshotStore(store).prune({image.folder.name for image in cache.list()})
     ctx = folder.context(boot, snapshot_store=store)
 
     def line(run: Run, result: RunResult) -> None:

@@ -16,6 +16,7 @@ Three ways to start a run's VM:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -60,6 +61,7 @@ class VMInterrupted(BaseException):
     `running` in the database and resume runs it again."""
 
 
+@functools.cache
 def qemu_version() -> str:
     if not shutil.which(QEMU):
         raise InfraError(f"{QEMU} is not installed",
@@ -206,8 +208,18 @@ def _run_booting(job: VMJob, accel: str) -> VMOutcome:
             overlay.unlink(missing_ok=True)  # the run's writes to the root disk are thrown away
 
 
+class _SnapshotFailed(Exception):
+    """No snapshot could be made: the run boots instead."""
+
+
 class _RestoreFailed(Exception):
-    """The snapshot did not load: nothing of the run has happened yet, so it can boot instead."""
+    """The run could not start from the snapshot; nothing of the run has happened yet, so it
+    can boot instead. `snapshot_bad`: the saved state itself did not load (discard it), as
+    opposed to this run's own trouble (a loaded machine, its disks), which leaves it be."""
+
+    def __init__(self, message: str, *, snapshot_bad: bool = False):
+        super().__init__(message)
+        self.snapshot_bad = snapshot_bad
 
 
 def _run_from_snapshot(job: VMJob, accel: str,
@@ -224,34 +236,34 @@ def _run_from_snapshot(job: VMJob, accel: str,
     except OSError as exc:  # e.g. a cache folder that cannot be written
         return None, f"the snapshot store {store.root} is not usable: {exc}"
     overlay = job.workdir / "overlay.qcow2"
-    restore = {"restore": 0.0}
     try:
         try:
             _create_overlay(snap.overlay, overlay)
             # The boot's console first, so a run's console.log reads as if it had booted.
             shutil.copyfile(snap.console, job.console_log)
             with open(job.console_log, "a") as console:
-                console.write(f"\n[vmharness: restored from snapshot {key}, made "
-                              f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(snap.made_at()))}"
-                              "]\n")
+                made = time.strftime("%Y-%m-%d %H:%M", time.localtime(snap.made_at()))
+                console.write(f"\n[vmharness: restored from snapshot {key}, made {made}]\n")
         except (OSError, InfraError) as exc:  # e.g. pruned by another process just now
             raise _RestoreFailed(str(exc)) from exc
+        store.used(key)
+        restore_s: list[float] = []
         with _qmp_dir() as qmp_socket:
             cmd = _warm_command(job, accel, overlay, qmp_socket, job.console_log) + [
                 "-incoming", "defer"]
-            outcome = _run_qemu(job, accel, cmd, qmp_socket,
-                                started=lambda proc: _restore(job, proc, qmp_socket, snap,
-                                                              restore))
+            outcome = _run_qemu(job, accel, cmd, qmp_socket, started=lambda proc: restore_s.append(
+                _restore(job, proc, qmp_socket, snap)))
     except _RestoreFailed as exc:
         if _stopping.is_set():  # we stopped it (Ctrl-C): the snapshot is not to blame
             raise VMInterrupted(job.name) from exc
-        with contextlib.suppress(OSError):
-            store.discard(key, f"restoring it failed: {exc}")
+        if exc.snapshot_bad:
+            with contextlib.suppress(OSError):
+                store.discard(key, f"restoring it failed: {exc}")
         return None, f"restoring {key} failed: {exc}"
     finally:
         overlay.unlink(missing_ok=True)
     outcome.boot = f"restored from snapshot {key}"
-    outcome.phases["restore"] = restore["restore"]
+    outcome.phases["restore"] = restore_s[0] if restore_s else 0.0
     if made_s:
         outcome.phases["snapshot"] = made_s
         outcome.boot += f" (made for this run in {made_s:.0f}s)"
@@ -264,12 +276,16 @@ def _snapshot_for(job: VMJob, accel: str, store: SnapshotStore,
     snap = store.find(key)
     if snap is not None:
         return snap, 0.0
-    if failure := store.recent_failure(key):
-        raise _SnapshotFailed(f"making one failed within the hour: {failure}")
     with store.lock(key):  # a run of the same shape may be making it right now
         snap = store.find(key)
         if snap is not None:
             return snap, 0.0
+        # Checked under the lock: runs that waited for a maker that failed must not each try
+        # again (minutes apiece when the agent never gets ready).
+        if failure := store.recent_failure(key):
+            raise _SnapshotFailed(f"making one failed within the hour: {failure}")
+        if _stopping.is_set():
+            raise VMInterrupted(job.name)
         t0 = time.monotonic()
         try:
             snap = _make_snapshot(job, accel, store, key, _snapshot_shape(job, accel))
@@ -280,17 +296,17 @@ def _snapshot_for(job: VMJob, accel: str, store: SnapshotStore,
 
 
 def _snapshot_shape(job: VMJob, accel: str) -> dict:
-    """Everything a snapshot depends on: another value of any of these needs another one."""
+    """Everything a snapshot depends on: another value of any of these needs another one.
+
+    The host is part of it: a cache shared between machines (NFS homes) must not give one
+    machine's saved CPU state (`-cpu host` under KVM) to another."""
     return {
         "image": str(job.base_disk), "image_mtime": job.base_disk.stat().st_mtime,
         "image_folder": job.base_disk.parent.name, "kernel": str(job.kernel),
         "initrd": str(job.initrd), "cmdline": job.cmdline, "qemu": qemu_version(),
-        "accel": accel, "memory_mib": job.memory_mib, "cpus": job.cpus, "network": job.network,
+        "host": platform.node(), "accel": accel, "memory_mib": job.memory_mib,
+        "cpus": job.cpus, "network": job.network,
     }
-
-
-class _SnapshotFailed(Exception):
-    pass
 
 
 def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
@@ -308,11 +324,18 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
                 _wait_for_marker(proc, console)
                 qmp = _connect(qmp_socket, proc)
                 try:
+                    # Stopped first, the VM is saved paused, and a restored copy stays paused
+                    # until its disks are plugged in and we say `cont`.
                     qmp.cmd("stop")
-                    state = work / "state"
-                    qmp.cmd("migrate", uri=f"exec:cat > {shlex.quote(str(state))}")
+                    with open(work / "state", "wb") as state:
+                        # Handed to qemu as a file descriptor: qemu writes the file itself, so
+                        # it is whole when the migration says "completed".
+                        qmp.send_fd_scm(state.fileno())
+                        qmp.cmd("getfd", fdname="vmh-state")
+                    qmp.cmd("migrate", uri="fd:vmh-state")
                     _wait_migration(qmp, proc)
-                    qmp.cmd("quit")
+                    with contextlib.suppress(Exception):  # qemu may hang up while quitting
+                        qmp.cmd("quit")
                 finally:
                     _close(qmp)
                 proc.wait(timeout=30)
@@ -321,11 +344,13 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
         if _stopping.is_set():
             raise VMInterrupted(job.name)
         return store.publish(key, work, shape)
-    except (_SnapshotFailed, _RestoreFailed, OSError, subprocess.SubprocessError,
-            InfraError) as exc:
+    except VMInterrupted:
+        raise
+    except Exception as exc:  # QMP errors too: whatever it was, the run can still boot
         if _stopping.is_set():  # we stopped it (Ctrl-C): not the snapshot's failure
             raise VMInterrupted(job.name) from exc
-        raise _SnapshotFailed(str(exc)) from exc
+        raise _SnapshotFailed(f"{type(exc).__name__}: {exc}" if not isinstance(
+            exc, _SnapshotFailed) else str(exc)) from exc
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
@@ -354,14 +379,18 @@ def _tail(text: bytes) -> str:
     return " | ".join(text.decode(errors="replace").strip().splitlines()[-3:]) or "(none)"
 
 
-def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path, snap: Snapshot,
-             timing: dict[str, float]) -> None:
-    """Load the snapshot into the paused qemu, plug in the run's disks, and let it go."""
+def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path,
+             snap: Snapshot) -> float:
+    """Load the snapshot into the waiting qemu, plug in the run's disks, and let it go.
+    Returns the seconds it took."""
     t0 = time.monotonic()
     qmp = _connect(qmp_socket, proc, error=_RestoreFailed)
     try:
-        qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snap.state))}")
-        _wait_migration(qmp, proc, error=_RestoreFailed)
+        try:
+            qmp.cmd("migrate-incoming", uri=f"exec:cat {shlex.quote(str(snap.state))}")
+            _wait_migration(qmp, proc, error=_RestoreFailed)
+        except Exception as exc:  # the saved state does not load into this qemu and machine
+            raise _RestoreFailed(f"{type(exc).__name__}: {exc}", snapshot_bad=True) from exc
         disks = ((job.output_disk, False), (job.input_disk, True))
         for (port, node), (path, read_only) in zip(RUN_DISK_PORTS, disks, strict=True):
             qmp.cmd("blockdev-add", **{"node-name": node, "driver": "raw",
@@ -371,11 +400,11 @@ def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path, snap: 
         qmp.cmd("cont")
     except _RestoreFailed:
         raise
-    except Exception as exc:  # a QMP error: the state did not fit this qemu or machine
+    except Exception as exc:  # this run's trouble (its disks, QMP): the snapshot is fine
         raise _RestoreFailed(f"{type(exc).__name__}: {exc}") from exc
     finally:
         _close(qmp)
-    timing["restore"] = time.monotonic() - t0
+    return time.monotonic() - t0
 
 
 def _wait_migration(qmp: QEMUMonitorProtocol, proc: subprocess.Popen[bytes],
@@ -430,10 +459,12 @@ def _qmp_dir():
 
 def _start(cmd: list[str], workdir: Path, qmp_socket: Path) -> subprocess.Popen[bytes]:
     (workdir / "qemu-command.txt").write_text(shlex.join(cmd) + "\n")
-    with open(workdir / "qemu-stderr.log", "wb") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-    with _running_lock:
+    with _running_lock:  # no new VM once stop_all has begun: nothing would stop it
+        if _stopping.is_set():
+            raise VMInterrupted(cmd[cmd.index("-name") + 1])
+        with open(workdir / "qemu-stderr.log", "wb") as err:
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
         _running[proc.pid] = (proc, qmp_socket)
     return proc
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from pathlib import Path
 
 SNAPSHOT_FORMAT = 1  # bump when what a snapshot holds, or how it is restored, changes
 FAILURE_TTL_S = 3600  # after a failed attempt, cold boots for this long instead of retrying
+UNUSED_TTL_S = 7 * 24 * 3600  # a snapshot no run restored for this long is pruned
 
 
 @dataclass(frozen=True)
@@ -88,13 +90,22 @@ class SnapshotStore:
 
     def discard(self, key: str, reason: str) -> None:
         """A snapshot that could not be restored: remove it, so the next run makes a new one."""
-        folder = self.root / key
-        if folder.is_dir():
-            trash = self.root / f"{key}.discarded-{os.getpid()}"
+        self._set_aside(self.root / key)
+        self.record_failure(key, reason)
+
+    def used(self, key: str) -> None:
+        """Note that a run restored it now (its folder's mtime): prune keeps what is in use."""
+        with contextlib.suppress(OSError):
+            os.utime(self.root / key)
+
+    def _set_aside(self, folder: Path) -> None:
+        # Renamed first (atomic: no run finds half of it), removed after.
+        if folder.exists():
+            trash = folder.with_name(f"{folder.name}.discarded-{os.getpid()}-"
+                                     f"{threading.get_ident()}-{time.monotonic_ns()}")
             with contextlib.suppress(OSError):
                 folder.rename(trash)
                 _remove(trash)
-        self.record_failure(key, reason)
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -121,6 +132,8 @@ class SnapshotStore:
         for path in work.iterdir():
             path.chmod(0o444)
         final = self.root / key
+        if final.exists():  # not a snapshot (find() said so): a leftover in the way
+            self._set_aside(final)
         os.rename(work, final)  # atomic: a crash leaves only tmp/ leftovers, never half a snapshot
         (self.root / f"{key}.failed").unlink(missing_ok=True)
         return Snapshot(final)
@@ -142,19 +155,33 @@ class SnapshotStore:
         return out
 
     def prune(self, images_present: set[str], dry_run: bool = False) -> list[Path]:
-        """Remove snapshots of images no longer in the cache, failure markers and leftovers."""
-        removed = [snap.folder for image, snaps in self.by_image().items()
-                   if image not in images_present for snap in snaps]
-        if self.root.is_dir():  # failure markers once they no longer stop anything
-            removed += [p for p in self.root.iterdir() if ".discarded-" in p.name or (
-                p.name.endswith(".failed") and time.time() - p.stat().st_mtime > FAILURE_TTL_S)]
+        """Remove snapshots of images no longer in the cache or unused for a week (an old
+        qemu's, a VM shape no spec asks for any more), spent failure markers and leftovers.
+
+        Safe beside runs in other processes: a snapshot restored in the last week is kept,
+        and one removed under a run's feet only makes that run boot instead."""
+        removed = [snap.folder for image, snaps in self.by_image().items() for snap in snaps
+                   if image not in images_present or _age(snap.folder) > UNUSED_TTL_S]
+        if self.root.is_dir():
+            with contextlib.suppress(OSError):
+                removed += [p for p in self.root.iterdir() if ".discarded-" in p.name or (
+                    p.name.endswith(".failed") and _age(p) > FAILURE_TTL_S)]
         tmp = self.root / "tmp"
-        if tmp.is_dir():  # a snapshot being made holds its lock for a minute at most
-            removed += [p for p in tmp.iterdir() if time.time() - p.stat().st_mtime > 3600]
+        if tmp.is_dir():  # one being made holds its lock for minutes at most (boot + save)
+            with contextlib.suppress(OSError):
+                removed += [p for p in tmp.iterdir() if _age(p) > 3600]
         if not dry_run:
             for path in removed:
                 _remove(path)
         return removed
+
+
+def _age(path: Path) -> float:
+    """Seconds since `path` last changed; 0 if it is gone (another process just removed it)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
 
 
 def _remove(path: Path) -> None:
