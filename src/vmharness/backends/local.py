@@ -43,6 +43,11 @@ ACCEL_ENV = "VMHARNESS_ACCEL"  # kvm | tcg | auto (default)
 # ready to be saved (see the guest agent).
 SNAPSHOT_FLAG = "vmharness.snapshot"
 READY_MARKER = b"vmharness-agent: ready for a snapshot"
+# ...and, restored, this once it has found the run's disks: a guest that cannot see hot-plugged
+# disks (a kernel without PCIe hot-plug, in an image of the user's) would otherwise wait until
+# the wall-clock timeout and every run of it would be a `timeout`.
+DISKS_FOUND_MARKER = b"vmharness-agent: found the run's disks"
+DISKS_FOUND_TIMEOUT_S = 60
 SNAPSHOT_BOOT_TIMEOUT_S = 300  # boot to READY_MARKER; ~11 s under TCG on a quiet machine
 MIGRATION_TIMEOUT_S = 120  # saving or restoring the state; about a second here
 # Hot-pluggable PCIe ports for a restored VM's two run disks, and the nodes plugged into them.
@@ -321,7 +326,7 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
             proc = _start(_warm_command(job, accel, overlay, qmp_socket, console), work,
                           qmp_socket)
             try:
-                _wait_for_marker(proc, console)
+                _wait_for_marker(proc, console, READY_MARKER, SNAPSHOT_BOOT_TIMEOUT_S)
                 qmp = _connect(qmp_socket, proc)
                 try:
                     # Stopped first, the VM is saved paused, and a restored copy stays paused
@@ -356,22 +361,25 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _wait_for_marker(proc: subprocess.Popen[bytes], console: Path) -> None:
-    deadline = time.monotonic() + SNAPSHOT_BOOT_TIMEOUT_S
-    seen, offset = b"", 0
+def _wait_for_marker(proc: subprocess.Popen[bytes], console: Path, marker: bytes,
+                     timeout_s: float, offset: int = 0) -> None:
+    """Until the guest's agent writes `marker` on the serial console (after `offset`)."""
+    deadline = time.monotonic() + timeout_s
+    seen = b""
     while time.monotonic() < deadline:
         with contextlib.suppress(FileNotFoundError), open(console, "rb") as f:
             f.seek(offset)
             new = f.read()
             offset += len(new)
             seen = (seen + new)[-4096:]
-        if READY_MARKER in seen:
+        if marker in seen:
             return
         if proc.poll() is not None:
             raise _SnapshotFailed(f"the VM ended (qemu exit code {proc.returncode}) before its "
-                                  f"agent was ready; last console lines: {_tail(seen)}")
-        time.sleep(0.05)
-    raise _SnapshotFailed(f"the agent was not ready after {SNAPSHOT_BOOT_TIMEOUT_S}s; "
+                                  f"agent said {marker.decode()!r}; last console lines: "
+                                  f"{_tail(seen)}")
+        time.sleep(0.02)
+    raise _SnapshotFailed(f"the agent did not say {marker.decode()!r} within {timeout_s:.0f}s; "
                           f"last console lines: {_tail(seen)}")
 
 
@@ -397,6 +405,7 @@ def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path,
                                        "read-only": read_only,
                                        "file": {"driver": "file", "filename": str(path)}})
             qmp.cmd("device_add", driver="virtio-blk-pci", drive=node, bus=port, id=f"{node}-disk")
+        console_size = job.console_log.stat().st_size
         qmp.cmd("cont")
     except _RestoreFailed:
         raise
@@ -404,6 +413,14 @@ def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path,
         raise _RestoreFailed(f"{type(exc).__name__}: {exc}") from exc
     finally:
         _close(qmp)
+    try:
+        _wait_for_marker(proc, job.console_log, DISKS_FOUND_MARKER,
+                         min(DISKS_FOUND_TIMEOUT_S, job.wall_timeout_s), offset=console_size)
+    except _SnapshotFailed as exc:
+        if proc.poll() is not None:  # it ended on its own (a panic?): judged as any run
+            return time.monotonic() - t0
+        raise _RestoreFailed(f"{exc} (can its kernel see hot-plugged PCIe disks?)",
+                             snapshot_bad=True) from exc
     return time.monotonic() - t0
 
 
