@@ -177,7 +177,7 @@ def test_a_qmp_error_while_saving_is_a_failed_snapshot(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(local, "_create_overlay", lambda base, overlay: overlay.write_bytes(b""))
     monkeypatch.setattr(local, "_start", lambda cmd, work, sock: subprocess.Popen(["true"]))
-    monkeypatch.setattr(local, "_wait_for_marker", lambda proc, console: None)
+    monkeypatch.setattr(local, "_wait_for_marker", lambda proc, console, *args, **kw: None)
     monkeypatch.setattr(local, "_connect", lambda sock, proc, error=None: RefusingQMP())
     store = SnapshotStore(tmp_path / "snaps")
     with pytest.raises(local._SnapshotFailed, match="stop: refused"):
