@@ -29,6 +29,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..images.cache import remove_read_only
+
 SNAPSHOT_FORMAT = 1  # bump when what a snapshot holds, or how it is restored, changes
 FAILURE_TTL_S = 3600  # after a failed attempt, cold boots for this long instead of retrying
 UNUSED_TTL_S = 7 * 24 * 3600  # a snapshot no run restored for this long is pruned
@@ -105,7 +107,7 @@ class SnapshotStore:
                                      f"{threading.get_ident()}-{time.monotonic_ns()}")
             with contextlib.suppress(OSError):
                 folder.rename(trash)
-                _remove(trash)
+                remove_read_only(trash)
 
     @contextlib.contextmanager
     def lock(self, key: str) -> Iterator[None]:
@@ -172,7 +174,7 @@ class SnapshotStore:
                 removed += [p for p in tmp.iterdir() if _age(p) > 3600]
         if not dry_run:
             for path in removed:
-                _remove(path)
+                remove_read_only(path)
         return removed
 
 
@@ -182,13 +184,3 @@ def _age(path: Path) -> float:
         return time.time() - path.stat().st_mtime
     except OSError:
         return 0.0
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        for sub in [path, *path.rglob("*")]:
-            with contextlib.suppress(OSError):
-                sub.chmod(0o755 if sub.is_dir() else 0o644)
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)

@@ -185,7 +185,7 @@ class ImageCache:
             final_files = [files.disk, files.kernel, files.initrd]
             for leftover in workdir.iterdir():
                 if leftover not in final_files and leftover.name != "mmdebstrap.log":
-                    _remove(leftover)
+                    remove_read_only(leftover)
             (workdir / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
             for path in workdir.iterdir():
                 path.chmod(0o444)  # read-only: runs use overlays, never the image itself
@@ -195,7 +195,7 @@ class ImageCache:
             final = self.images_dir / f"{recipe.name}-{key[:12]}-{stamp}"
             os.rename(workdir, final)  # atomic publish: complete or absent
         except BaseException:
-            _remove(workdir)
+            remove_read_only(workdir)
             raise
         image = self._read(final)
         assert image is not None
@@ -221,7 +221,7 @@ class ImageCache:
                     removed.append(leftover)
         if not dry_run:
             for path in removed:
-                _remove(path)
+                remove_read_only(path)
         return removed
 
 
@@ -252,7 +252,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _remove(path: Path) -> None:
+def remove_read_only(path: Path) -> None:
+    """Remove a file or a folder tree whose folders were made read-only (as published)."""
     if path.is_dir() and not path.is_symlink():
         for p in [path, *path.rglob("*")]:
             try:
