@@ -193,3 +193,33 @@ def test_no_vm_starts_once_stopping_has_begun(tmp_path: Path, monkeypatch) -> No
         local._start(["qemu-system-x86_64", "-name", "vmharness-0001"], tmp_path,
                      tmp_path / "q.sock")
     assert not local._running
+
+
+def test_the_run_says_how_many_snapshots_it_will_make(tmp_path: Path, monkeypatch) -> None:
+    from vmharness.rundir import _snapshot_plan
+    from vmharness.runner import ImageRef
+    from vmharness.spec import PackageSet, Platform, Run, Source, VMSettings
+    from vmharness.spec import TestSettings as Test
+
+    monkeypatch.setattr(local, "qemu_version", lambda: "7.2")
+    (tmp_path / "disk.qcow2").write_bytes(b"")
+    built = ImageRef(disk=tmp_path / "disk.qcow2", kernel=tmp_path / "k", initrd=None,
+                     cmdline="root=/dev/vda2", apt_source="", suite="", label="debian-12")
+    given = ImageRef.given(tmp_path / "disk.qcow2")
+
+    def run(n: int, platform: str, memory: int) -> Run:
+        return Run(id=f"{n:04d}", platform=Platform(platform, recipe="debian-12"),
+                   source=Source("s"), package_set=PackageSet(f"p{n}"),
+                   test=Test(command="true", timeout_s=60, format="exit-code"),
+                   vm=VMSettings(memory_mib=memory, cpus=1, network="none",
+                                 wall_timeout_s=300))
+
+    runs = [run(1, "a", 512), run(2, "a", 512), run(3, "a", 1024), run(4, "mine", 512)]
+    images = {"a": built, "mine": given}
+    store = SnapshotStore(tmp_path / "snaps")
+    text = _snapshot_plan(runs, images, "tcg", store)
+    assert text.startswith("VMs start from 2 warm-boot snapshot(s); 2 not made yet")
+    assert "1 run(s) on given images boot" in text
+    made(store, local.snapshot_shape(built.disk, built.kernel, None, built.cmdline, "tcg",
+                                     memory_mib=512, cpus=1, network="none"))
+    assert "; 1 not made yet" in _snapshot_plan(runs, images, "tcg", store)

@@ -301,16 +301,21 @@ def _snapshot_for(job: VMJob, accel: str, store: SnapshotStore,
 
 
 def _snapshot_shape(job: VMJob, accel: str) -> dict:
+    return snapshot_shape(job.base_disk, job.kernel, job.initrd, job.cmdline, accel,
+                          memory_mib=job.memory_mib, cpus=job.cpus, network=job.network)
+
+
+def snapshot_shape(disk: Path, kernel: Path | None, initrd: Path | None, cmdline: str,
+                   accel: str, *, memory_mib: int, cpus: int, network: str) -> dict:
     """Everything a snapshot depends on: another value of any of these needs another one.
 
     The host is part of it: a cache shared between machines (NFS homes) must not give one
     machine's saved CPU state (`-cpu host` under KVM) to another."""
     return {
-        "image": str(job.base_disk), "image_mtime": job.base_disk.stat().st_mtime,
-        "image_folder": job.base_disk.parent.name, "kernel": str(job.kernel),
-        "initrd": str(job.initrd), "cmdline": job.cmdline, "qemu": qemu_version(),
-        "host": platform.node(), "accel": accel, "memory_mib": job.memory_mib,
-        "cpus": job.cpus, "network": job.network,
+        "image": str(disk), "image_mtime": disk.stat().st_mtime,
+        "image_folder": disk.parent.name, "kernel": str(kernel), "initrd": str(initrd),
+        "cmdline": cmdline, "qemu": qemu_version(), "host": platform.node(), "accel": accel,
+        "memory_mib": memory_mib, "cpus": cpus, "network": network,
     }
 
 
