@@ -142,6 +142,26 @@ def test_matrix_of_the_osg_parameters_says_1564_runs() -> None:
     assert "1564 runs" in proc.stdout
 
 
+def test_matrix_notes_a_platform_run_would_refuse(tmp_path: Path) -> None:
+    """Listing needs no image, so it still lists; but it says what `run` would stop at."""
+    spec = tmp_path / "spec.yaml"
+    text = (EXAMPLES / "smoke.yaml").read_text().replace("  suite: smoke/\n", "")
+    spec.write_text(text.replace("[debian-12]", "[debian-21]"))
+    proc = run_cli("matrix", spec, timeout=60)
+    assert proc.returncode == 0 and "1 runs" in proc.stdout
+    assert "would stop here" in proc.stderr and "debian-21" in proc.stderr
+
+
+@pytest.mark.parametrize("args", [("--jobs", "0"), ("--jobs", "-1"), ("-j", "two"),
+                                  ("--retries", "-1")])
+def test_bad_counts_are_usage_errors_before_anything_is_made(tmp_path: Path, args) -> None:
+    out = tmp_path / "out"
+    proc = run_cli("run", EXAMPLES / "smoke.yaml", "--out", out, *args, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert args[0] in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
 # -- report ----------------------------------------------------------------------------------
 def test_report_on_a_folder_that_is_not_a_run_folder(tmp_path: Path) -> None:
     proc = run_cli("report", tmp_path, timeout=60)

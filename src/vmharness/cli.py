@@ -19,9 +19,11 @@ from . import __version__
 from .backends.snapshots import SnapshotStore
 from .errors import (
     EXIT_INFRA,
+    EXIT_INTERRUPTED,
     EXIT_NOT_ALL_PASSED,
     EXIT_PASS,
     EXIT_USAGE,
+    SpecError,
     UsageError,
     VmharnessError,
 )
@@ -29,8 +31,23 @@ from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, load_recipe
 from .spec import check_platforms, expand, load_spec, parse_duration
 
-console = Console(stderr=False)
-err_console = Console(stderr=True)
+# Piped into a CI log, lines are not folded at 80 columns in the middle of paths and messages.
+console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())
+err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+RUNDIR_HELP = "the run folder `vmharness run` or `submit` printed"
+
+
+def _at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {minimum} or more, not {value}")
+        return value
+
+    return parse
 
 EPILOG = """exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
 3 infrastructure error (no run could be done).
@@ -45,9 +62,9 @@ def _spec_args(p: argparse.ArgumentParser) -> None:
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--jobs", "-j", type=int, metavar="N",
+    p.add_argument("--jobs", "-j", type=_at_least(1), metavar="N",
                    help="VMs at once (default: as many as cores and memory allow)")
-    p.add_argument("--retries", type=int, default=2, metavar="N",
+    p.add_argument("--retries", type=_at_least(0), default=2, metavar="N",
                    help="automatic retries of infrastructure failures (died); default 2")
     p.add_argument("--boot", choices=("snapshot", "kernel", "disk"), default="snapshot",
                    help="snapshot (default): restore a VM of the run's shape that was booted "
@@ -88,12 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_matrix)
 
     p = cmd("resume", "finish a run folder whose vmharness was stopped (no run lost or redone)")
-    p.add_argument("rundir", type=Path)
+    p.add_argument("rundir", type=Path, help=RUNDIR_HELP)
     _run_args(p)
     p.set_defaults(func=cmd_resume)
 
     p = cmd("rerun", "run chosen runs of a run folder again, on purpose")
-    p.add_argument("rundir", type=Path)
+    p.add_argument("rundir", type=Path, help=RUNDIR_HELP)
     p.add_argument("ids", nargs="*", metavar="RUN_ID", help="run ids to rerun (e.g. 0007)")
     p.add_argument("--failed", action="store_true", help="rerun every run that did not pass")
     p.add_argument("--status", action="append", default=[], metavar="STATUS",
@@ -102,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_rerun)
 
     p = cmd("report", "rebuild every report of a run folder from its database and logs")
-    p.add_argument("rundir", type=Path)
+    p.add_argument("rundir", type=Path, help=RUNDIR_HELP)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
     p.add_argument("--previous", type=Path, metavar="RUNDIR", help="compare with this run folder")
     p.set_defaults(func=cmd_report)
@@ -114,15 +131,20 @@ def build_parser() -> argparse.ArgumentParser:
                                     "debian-12, or a recipe YAML file) unless a fresh one is "
                                     "cached. Needs root (mmdebstrap).")
     b.add_argument("recipe", nargs="?", default="debian-12",
-                   help=f"built-in: {', '.join(builtin_names())}; or a recipe file")
+                   help=f"built-in: {', '.join(builtin_names())}; or a recipe file "
+                        "(default: debian-12)")
     b.add_argument("--rebuild", action="store_true", help="build even if a fresh one is cached")
     b.add_argument("--max-age", default="7d", metavar="DURATION",
                    help="a cached image older than this is rebuilt (default 7d)")
     b.set_defaults(func=cmd_image_build)
-    lst = isub.add_parser("list", help="list cached images", description="List cached images.")
+    lst = isub.add_parser("list", help="list cached images and their warm-boot snapshots",
+                          description="List cached images, and the warm-boot snapshots made "
+                                      "from each (ids as in a result's `boot` field).")
     lst.set_defaults(func=cmd_image_list)
     pr = isub.add_parser("prune", help="remove old images, keeping the newest N per recipe",
-                         description="Remove old images and crashed-build leftovers.")
+                         description="Remove old images, crashed-build leftovers, and the "
+                                     "warm-boot snapshots of removed images or unused for a "
+                                     "week.")
     pr.add_argument("--keep", type=int, default=1, metavar="N", help="newest images to keep "
                     "per recipe (default 1)")
     pr.add_argument("--dry-run", action="store_true", help="only show what would go")
@@ -143,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted; `vmharness resume RUNDIR` finishes a run folder")
-        return 130
+        return EXIT_INTERRUPTED
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -173,28 +195,37 @@ def _finish(folder, args: argparse.Namespace) -> int:
     return EXIT_PASS if folder.all_passed() else EXIT_NOT_ALL_PASSED
 
 
+def _run_here(folder, args: argparse.Namespace) -> int:
+    """The pending runs of `folder` on this machine, then its reports."""
+    from .rundir import run_locally
+
+    try:
+        run_locally(folder, ImageCache(), console, jobs=args.jobs, retries=args.retries,
+                    boot=args.boot, max_age_s=_max_age(args), rebuild=args.rebuild)
+    except KeyboardInterrupt:
+        err_console.print(f"interrupted; `vmharness resume {folder.path}` finishes it (no run "
+                          "is lost or done twice)", highlight=False)
+        return EXIT_INTERRUPTED
+    return _finish(folder, args)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
-    from .rundir import RunFolder, run_locally
+    from .rundir import RunFolder
 
     spec, runs = _load(args, need_images=True)
     folder = RunFolder.create(spec, runs, args.out, backend="local")
-    run_locally(folder, ImageCache(), console, jobs=args.jobs, retries=args.retries,
-                boot=args.boot, max_age_s=_max_age(args), rebuild=args.rebuild)
-    return _finish(folder, args)
+    return _run_here(folder, args)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .rundir import RunFolder, run_locally
+    from .rundir import RunFolder
 
-    folder = RunFolder.open(args.rundir)
-    run_locally(folder, ImageCache(), console, jobs=args.jobs, retries=args.retries,
-                boot=args.boot, max_age_s=_max_age(args), rebuild=args.rebuild)
-    return _finish(folder, args)
+    return _run_here(RunFolder.open(args.rundir), args)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     from .results.model import PASSING
-    from .rundir import RunFolder, run_locally
+    from .rundir import RunFolder
 
     folder = RunFolder.open(args.rundir)
     results = folder.db.results()
@@ -211,9 +242,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     folder.db.reset(sorted(chosen))
     console.print(f"rerunning {len(chosen)} run(s): {', '.join(sorted(chosen)[:20])}")
-    run_locally(folder, ImageCache(), console, jobs=args.jobs, retries=args.retries,
-                boot=args.boot, max_age_s=_max_age(args), rebuild=args.rebuild)
-    return _finish(folder, args)
+    return _run_here(folder, args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -224,7 +253,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
-    _spec, runs = _load(args, need_images=False)
+    spec, runs = _load(args, need_images=False)
+    try:  # listing needs no images; running does: say now what `run` would refuse
+        check_platforms(spec, set(builtin_names()))
+    except SpecError as exc:
+        err_console.print(f"[yellow]note:[/] `vmharness run` would stop here: {exc}",
+                          highlight=False)
     if args.json:
         payload = to_json_runs(runs)
         print(json.dumps(payload, indent=2))
@@ -263,13 +297,14 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     snapshots = SnapshotStore(cache.root / "snapshots").by_image()
     table = Table(title=f"images in {cache.images_dir}")
     for col in ("recipe", "folder", "size", "age", "hostname", "content name", "snapshots"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")  # names are long, and all of them matter
     for image in images:
         snaps = snapshots.get(image.folder.name, [])
         size = sum(s.size_bytes() for s in snaps)
         table.add_row(image.recipe, image.folder.name, f"{image.size_bytes / 1e6:.0f} MB",
                       f"{image.age_s() / 3600:.1f} h", image.hostname, image.content_name,
-                      f"{len(snaps)} ({size / 1e6:.0f} MB)" if snaps else "-")
+                      f"{len(snaps)} ({size / 1e6:.0f} MB): "
+                      + " ".join(s.folder.name for s in snaps) if snaps else "-")
     console.print(table if images else "no cached images (build one: vmharness image build)")
     return EXIT_PASS
 
@@ -315,7 +350,7 @@ def _condor_parsers(cmd) -> None:
                         "(default RUNDIR/images)")
     p.add_argument("--image-url", metavar="URL",
                    help="with --image-delivery url: where the image store is published")
-    p.add_argument("--retries", type=int, default=2, metavar="N",
+    p.add_argument("--retries", type=_at_least(0), default=2, metavar="N",
                    help="DAGMan retries of a run that died (infrastructure); default 2")
     p.add_argument("--held-max", default="30m", metavar="DURATION",
                    help="remove a job held this long; its run dies with the hold reason "
@@ -341,7 +376,7 @@ def _condor_parsers(cmd) -> None:
 
     p = cmd("resubmit", "run again on the pool the runs of a finished DAG that died "
                         "(DAGMan's rescue DAG)")
-    p.add_argument("rundir", type=Path)
+    p.add_argument("rundir", type=Path, help=RUNDIR_HELP)
     p.add_argument("--pool", nargs="?", const="", default="", metavar="ADDRESS",
                    help="collector of the pool to submit to (default: the local schedd)")
     p.add_argument("--json", type=Path, metavar="FILE", help="with --wait: the results JSON")
@@ -350,7 +385,7 @@ def _condor_parsers(cmd) -> None:
     p.set_defaults(func=cmd_resubmit)
 
     p = cmd("status", "progress of a submitted run folder: runs, jobs, held jobs and why")
-    p.add_argument("rundir", type=Path)
+    p.add_argument("rundir", type=Path, help=RUNDIR_HELP)
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the status as JSON")
     p.set_defaults(func=cmd_status)
 

@@ -8,6 +8,7 @@ EXIT_PASS = 0
 EXIT_NOT_ALL_PASSED = 1
 EXIT_USAGE = 2
 EXIT_INFRA = 3
+EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's 128 + SIGINT; `vmharness resume` finishes the job
 
 
 class VmharnessError(Exception):

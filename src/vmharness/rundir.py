@@ -143,6 +143,8 @@ def run_locally(folder: RunFolder, cache: ImageCache, console: Console, *, jobs:
     if recovered:
         console.print(f"resuming: {len(recovered)} run(s) were interrupted and will run again")
     pending = sum(1 for s, _ in folder.db.states().values() if s == "pending")
+    if 0 < pending < slots:
+        slots, why = pending, f"{pending} at once (as many as there are runs)"
     console.print(f"{pending} run(s) to do, {why}; logs in [bold]{folder.path}[/]")
     store = cache.root / "snapshots"
     if boot == "snapshot":
