@@ -143,10 +143,11 @@ def test_runs_that_waited_for_a_failed_maker_do_not_try_again(tmp_path: Path, mo
     (tmp_path / "disk.qcow2").write_bytes(b"")
     store = SnapshotStore(tmp_path / "snaps")
     j = job(tmp_path)
-    key = store.key(local._snapshot_shape(j, "tcg"))
+    shape = local._snapshot_shape(j, "tcg")
+    key = store.key(shape)
     for _ in range(3):  # the first makes and fails; the others find its failure under the lock
         with pytest.raises(local._SnapshotFailed):
-            local._snapshot_for(j, "tcg", store, key)
+            local._snapshot_for(j, "tcg", store, key, shape)
     assert attempts == [key]
     assert "not ready" in (store.recent_failure(key) or "")
 

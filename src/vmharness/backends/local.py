@@ -234,8 +234,9 @@ def _run_from_snapshot(job: VMJob, accel: str,
     Returns no outcome, and why, when the run should boot instead: the snapshot could not be
     made, or did not load (then it is discarded, and the next run makes a new one)."""
     try:
-        key = store.key(_snapshot_shape(job, accel))
-        snap, made_s = _snapshot_for(job, accel, store, key)
+        shape = _snapshot_shape(job, accel)
+        key = store.key(shape)
+        snap, made_s = _snapshot_for(job, accel, store, key, shape)
     except _SnapshotFailed as exc:
         return None, str(exc)
     except OSError as exc:  # e.g. a cache folder that cannot be written
@@ -275,8 +276,8 @@ def _run_from_snapshot(job: VMJob, accel: str,
     return outcome, ""
 
 
-def _snapshot_for(job: VMJob, accel: str, store: SnapshotStore,
-                  key: str) -> tuple[Snapshot, float]:
+def _snapshot_for(job: VMJob, accel: str, store: SnapshotStore, key: str,
+                  shape: dict) -> tuple[Snapshot, float]:
     """The snapshot for `key`, and the seconds spent making it here (0 if it was there)."""
     snap = store.find(key)
     if snap is not None:
@@ -293,7 +294,7 @@ def _snapshot_for(job: VMJob, accel: str, store: SnapshotStore,
             raise VMInterrupted(job.name)
         t0 = time.monotonic()
         try:
-            snap = _make_snapshot(job, accel, store, key, _snapshot_shape(job, accel))
+            snap = _make_snapshot(job, accel, store, key, shape)
         except _SnapshotFailed as exc:
             store.record_failure(key, str(exc))
             raise
