@@ -71,8 +71,10 @@ def pool_env() -> tuple[dict[str, str], bool]:
 
 def bench_dag(work: Path) -> None:
     if not PARAMETERS.is_dir():
-        print(f"DAG bench skipped: {PARAMETERS} is absent (the OSG parameter files are in "
-              "../shared, which a fresh clone does not have)")
+        print(
+            f"DAG bench skipped: {PARAMETERS} is absent (the OSG parameter files are in "
+            "../shared, which a fresh clone does not have)"
+        )
         return
     import htcondor2 as htcondor
 
@@ -103,17 +105,21 @@ def bench_dag(work: Path) -> None:
     t4 = time.perf_counter()
     try:
         dag = done.dag_file.read_text()
-        print(f"OSG matrix: {len(runs)} runs on {len(names)} platforms -> "
-              f"{dag.count(chr(10) + 'JOB ')} DAG nodes + FINAL, "
-              f"{len(dag) / 1e6:.2f} MB DAG file; DAGMan job {done.cluster}")
+        print(
+            f"OSG matrix: {len(runs)} runs on {len(names)} platforms -> "
+            f"{dag.count(chr(10) + 'JOB ')} DAG nodes + FINAL, "
+            f"{len(dag) / 1e6:.2f} MB DAG file; DAGMan job {done.cluster}"
+        )
         print(f"  load + expand the spec      {(t1 - t0) * 1000:7.0f} ms")
         print(f"  find the schedd             {(t2 - t1) * 1000:7.0f} ms")
         print(f"  run folder + database       {(t3 - t2) * 1000:7.0f} ms")
         print(f"  stage images                {done.seconds['images'] * 1000:7.0f} ms")
         print(f"  write DAG + hand over       {done.seconds['dag'] * 1000:7.0f} ms")
         print(f"  submit the DAGMan job       {done.seconds['submit'] * 1000:7.0f} ms")
-        print(f"  generation + submission     {(t4 - t2):7.2f} s   (spec to accepted: "
-              f"{t4 - t0:.2f} s)")
+        print(
+            f"  generation + submission     {(t4 - t2):7.2f} s   (spec to accepted: "
+            f"{t4 - t0:.2f} s)"
+        )
         out = done.dag_file.with_name(done.dag_file.name + ".dagman.out")
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -122,8 +128,10 @@ def bench_dag(work: Path) -> None:
                 break
             time.sleep(0.2)
         if "Submitting HTCondor Node" in text:
-            print(f"  DAGMan parsed it and began submitting nodes "
-                  f"{time.perf_counter() - t4:.1f} s after the submission")
+            print(
+                f"  DAGMan parsed it and began submitting nodes "
+                f"{time.perf_counter() - t4:.1f} s after the submission"
+            )
         else:
             print(f"  DAGMan did not begin submitting: {text[-1500:]}")
     finally:
@@ -139,12 +147,19 @@ def bench_dag(work: Path) -> None:
 
 def timed(args: list[str]) -> tuple[float, subprocess.CompletedProcess[str]]:
     t0 = time.perf_counter()
-    proc = subprocess.run([*VMH, *args], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb"))
+    proc = subprocess.run(
+        [*VMH, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb"),
+    )
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
-        raise SystemExit(f"vmharness {' '.join(args)} failed ({proc.returncode}):\n"
-                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+        raise SystemExit(
+            f"vmharness {' '.join(args)} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return seconds, proc
 
 
@@ -154,20 +169,27 @@ def bench_overhead(work: Path) -> None:
     # Pool jobs boot their VM; so does the local run here (not a snapshot restore), so that
     # the difference is the pool's own overhead.
     local_s, _ = timed(["run", str(spec), "--boot", "kernel", "--out", str(work / "local")])
-    pool_s, _ = timed(["submit", str(spec), "--style", "qemu", "--out", str(work / "pool"),
-                       "--wait"])
+    pool_s, _ = timed(
+        ["submit", str(spec), "--style", "qemu", "--out", str(work / "pool"), "--wait"]
+    )
     figures = {}
     for name, wall in (("local", local_s), ("pool", pool_s)):
         run = json.loads((work / name / "results.json").read_text())["runs"][0]
         figures[name] = (wall, run["phases"]["vm"], run["accelerator"])
     (lw, lvm, la), (pw, pvm, pa) = figures["local"], figures["pool"]
     print(f"one trivial run, end to end (accelerator local {la}, pool {pa}):")
-    print(f"  local  `vmharness run`                 {lw:6.1f} s  (VM {lvm:5.1f} s, "
-          f"rest {lw - lvm:5.1f} s)")
-    print(f"  pool   `vmharness submit --wait`       {pw:6.1f} s  (VM {pvm:5.1f} s, "
-          f"rest {pw - pvm:5.1f} s)")
-    print(f"  ratio pool/local: wall {pw / lw:.2f}x; overhead beyond the VM "
-          f"{(pw - pvm) / max(lw - lvm, 0.01):.1f}x ({pw - pvm - (lw - lvm):+.1f} s per run)")
+    print(
+        f"  local  `vmharness run`                 {lw:6.1f} s  (VM {lvm:5.1f} s, "
+        f"rest {lw - lvm:5.1f} s)"
+    )
+    print(
+        f"  pool   `vmharness submit --wait`       {pw:6.1f} s  (VM {pvm:5.1f} s, "
+        f"rest {pw - pvm:5.1f} s)"
+    )
+    print(
+        f"  ratio pool/local: wall {pw / lw:.2f}x; overhead beyond the VM "
+        f"{(pw - pvm) / max(lw - lvm, 0.01):.1f}x ({pw - pvm - (lw - lvm):+.1f} s per run)"
+    )
     timeline(work / "pool" / "condor")
 
 

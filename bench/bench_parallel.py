@@ -31,24 +31,45 @@ from vmharness.state import RunDB
 
 
 def matrix(n: int) -> list[Run]:
-    return [Run(id=f"{i:04d}", platform=Platform("debian-12", recipe="debian-12"),
-                source=Source("image"), package_set=PackageSet(f"set {i}"),
-                test=TestSettings(command="true", timeout_s=60, format="exit-code"),
-                vm=VMSettings(memory_mib=512, cpus=1, network="none", wall_timeout_s=600))
-            for i in range(1, n + 1)]
+    return [
+        Run(
+            id=f"{i:04d}",
+            platform=Platform("debian-12", recipe="debian-12"),
+            source=Source("image"),
+            package_set=PackageSet(f"set {i}"),
+            test=TestSettings(command="true", timeout_s=60, format="exit-code"),
+            vm=VMSettings(memory_mib=512, cpus=1, network="none", wall_timeout_s=600),
+        )
+        for i in range(1, n + 1)
+    ]
 
 
-def timed(runs: list[Run], image: ImageRef, accel: str, slots: int, tmp: Path,
-          boot: str, store: Path, name: str = "") -> float:
+def timed(
+    runs: list[Run],
+    image: ImageRef,
+    accel: str,
+    slots: int,
+    tmp: Path,
+    boot: str,
+    store: Path,
+    name: str = "",
+) -> float:
     run_dir = tmp / (name or f"slots-{slots}")
     run_dir.mkdir()
     db = RunDB(run_dir)
     db.add_runs(runs)
     t0 = time.monotonic()
     ctx = RunContext(run_dir=run_dir, boot=boot, snapshot_store=store)
-    results = run_matrix(db, runs, {"debian-12": image}, ctx,
-                         lambda job: local.run_vm(job, accel), slots=slots, retries=0,
-                         console=Console(quiet=True))
+    results = run_matrix(
+        db,
+        runs,
+        {"debian-12": image},
+        ctx,
+        lambda job: local.run_vm(job, accel),
+        slots=slots,
+        retries=0,
+        console=Console(quiet=True),
+    )
     seconds = time.monotonic() - t0
     bad = [r for r in results.values() if r.status != "pass"]
     if bad:
@@ -72,9 +93,11 @@ def main() -> None:
             timed(runs[:1], ref, accel, 1, Path(tmp), args.boot, store, name="warm-up")
         seq = timed(runs, ref, accel, 1, Path(tmp), args.boot, store)
         par = timed(runs, ref, accel, args.slots, Path(tmp), args.boot, store)
-    print(f"\n{args.runs} trivial runs, {args.boot} boot, accelerator {accel}, "
-          f"{os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.2f}:")
+    print(
+        f"\n{args.runs} trivial runs, {args.boot} boot, accelerator {accel}, "
+        f"{os.cpu_count()} cores, "
+        f"load average {os.getloadavg()[0]:.2f}:"
+    )
     print(f"  one after another : {seq:7.1f} s ({seq / args.runs:.1f} s per run)")
     print(f"  {args.slots} at once         : {par:7.1f} s ({par / args.runs:.1f} s per run)")
     print(f"  speed-up          : {seq / par:7.2f}x  (target >= 1.6x)")

@@ -29,12 +29,17 @@ from vmharness.runner import ImageRef, RunContext, collect, prepare
 from vmharness.spec import PackageSet, Platform, Run, Source, TestSettings, VMSettings
 
 
-def one(image: ImageRef, accel: str, tmp: Path, boot: str, i: int, cpus: int,
-        store: Path) -> dict[str, float]:
-    run = Run(id=f"{i:04d}", platform=Platform("debian-12", recipe="debian-12"),
-              source=Source("image"), package_set=PackageSet("none"),
-              test=TestSettings(command="true", timeout_s=60, format="exit-code"),
-              vm=VMSettings(memory_mib=512, cpus=cpus, network="none", wall_timeout_s=300))
+def one(
+    image: ImageRef, accel: str, tmp: Path, boot: str, i: int, cpus: int, store: Path
+) -> dict[str, float]:
+    run = Run(
+        id=f"{i:04d}",
+        platform=Platform("debian-12", recipe="debian-12"),
+        source=Source("image"),
+        package_set=PackageSet("none"),
+        test=TestSettings(command="true", timeout_s=60, format="exit-code"),
+        vm=VMSettings(memory_mib=512, cpus=cpus, network="none", wall_timeout_s=300),
+    )
     ctx = RunContext(run_dir=tmp, boot=boot, snapshot_store=store)
     job, phases = prepare(run, image, ctx, 1)
     outcome = local.run_vm(job, accel)
@@ -53,14 +58,16 @@ def one(image: ImageRef, accel: str, tmp: Path, boot: str, i: int, cpus: int,
     else:
         start_s = agent["boot_uptime_s"]
         row["boot to agent start"] = start_s
-    row.update({
-        "agent before test": before_test,
-        "test": test_s,
-        "agent after test": agent["duration_s"] - test_s - before_test,
-        "rest (qemu start, power-off, exit)": outcome.seconds - start_s - agent["duration_s"],
-        "vm total (qemu start to exit)": outcome.seconds,
-        "extraction": result.phases["extraction"],
-    })
+    row.update(
+        {
+            "agent before test": before_test,
+            "test": test_s,
+            "agent after test": agent["duration_s"] - test_s - before_test,
+            "rest (qemu start, power-off, exit)": outcome.seconds - start_s - agent["duration_s"],
+            "vm total (qemu start to exit)": outcome.seconds,
+            "extraction": result.phases["extraction"],
+        }
+    )
     return row
 
 
@@ -84,23 +91,29 @@ def main() -> None:
     made = None
     with tempfile.TemporaryDirectory(prefix="vmh-bench-") as tmp:
         if args.boot == "snapshot":  # make this shape's snapshot now if it is missing
-            first = one(ImageRef.from_cache(image), accel, Path(tmp), args.boot, 0, args.cpus,
-                        store)
+            first = one(
+                ImageRef.from_cache(image), accel, Path(tmp), args.boot, 0, args.cpus, store
+            )
             made = first.get("making the snapshot (once)")
         for i in range(args.repeat):
             t0 = time.monotonic()
-            row = one(ImageRef.from_cache(image), accel, Path(tmp), args.boot, i + 1, args.cpus,
-                      store)
+            row = one(
+                ImageRef.from_cache(image), accel, Path(tmp), args.boot, i + 1, args.cpus, store
+            )
             row["total"] = time.monotonic() - t0 + lookup
             rows.append(row)
-    print(f"\ntrivial run (`true`), {args.boot} boot, {args.cpus} vCPU, accelerator {accel}, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
-          f"median of {len(rows)}:")
+    print(
+        f"\ntrivial run (`true`), {args.boot} boot, {args.cpus} vCPU, accelerator {accel}, "
+        f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}, "
+        f"median of {len(rows)}:"
+    )
     print(f"  {'image lookup':32} {lookup:7.3f} s")
     for key in rows[0]:
         values = [r[key] for r in rows]
-        print(f"  {key:32} {statistics.median(values):7.3f} s   "
-              f"(min {min(values):.3f}, max {max(values):.3f})")
+        print(
+            f"  {key:32} {statistics.median(values):7.3f} s   "
+            f"(min {min(values):.3f}, max {max(values):.3f})"
+        )
     print(f"  image size on disk: {image.size_bytes / 1e6:.0f} MB ({image.disk})")
     if made is not None:
         print(f"  the snapshot for this VM shape was made first, once: {made:.1f} s")

@@ -36,8 +36,10 @@ def vm_skip_reason() -> str | None:
         return "VM tests need root (the image build uses mmdebstrap --mode=root)"
     missing = [t for t in VM_TOOLS if not shutil.which(t)]
     if missing:
-        return f"VM tests need {', '.join(missing)} (sudo apt-get install qemu-system-x86 " \
-               "qemu-utils mmdebstrap, or `make setup`)"
+        return (
+            f"VM tests need {', '.join(missing)} (sudo apt-get install qemu-system-x86 "
+            "qemu-utils mmdebstrap, or `make setup`)"
+        )
     return None
 
 
@@ -73,14 +75,24 @@ def vmharness_argv(*args: str | Path) -> list[str]:
     return base + [str(a) for a in args]
 
 
-def run_cli(*args: str | Path, timeout: float = 120, cwd: Path | None = None,
-            **popen: object) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str | Path, timeout: float = 120, cwd: Path | None = None, **popen: object
+) -> subprocess.CompletedProcess[str]:
     """Run `vmharness ARGS` to the end; the output is shown in the test report on failure."""
     t0 = time.monotonic()
-    proc = subprocess.run(vmharness_argv(*args), capture_output=True, text=True,
-                          timeout=timeout, env=cli_env(), cwd=cwd or REPO, **popen)
-    print(f"$ vmharness {' '.join(map(str, args))}   -> exit {proc.returncode} "
-          f"in {time.monotonic() - t0:.1f}s")
+    proc = subprocess.run(
+        vmharness_argv(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=cli_env(),
+        cwd=cwd or REPO,
+        **popen,
+    )
+    print(
+        f"$ vmharness {' '.join(map(str, args))}   -> exit {proc.returncode} "
+        f"in {time.monotonic() - t0:.1f}s"
+    )
     print(proc.stdout[-6000:])
     print(proc.stderr[-4000:], file=sys.stderr)
     return proc
@@ -109,10 +121,18 @@ def base_image():
     return image
 
 
-def spec_text(command: str, *, timeout: str = "2m", package_sets: list[str] | None = None,
-              wall_timeout: str | None = None, memory: str = "512M",
-              output_size: str | None = None, debug: bool = False, fmt: str = "exit-code",
-              extra: str = "") -> str:
+def spec_text(
+    command: str,
+    *,
+    timeout: str = "2m",
+    package_sets: list[str] | None = None,
+    wall_timeout: str | None = None,
+    memory: str = "512M",
+    output_size: str | None = None,
+    debug: bool = False,
+    fmt: str = "exit-code",
+    extra: str = "",
+) -> str:
     """A spec for debian-12, no network, one run per package-set label (all without packages)."""
     labels = package_sets or ["base system"]
     sets = "".join(f"  - label: {label}\n    packages: []\n" for label in labels)
@@ -186,8 +206,9 @@ POOL_UNAVAILABLE = 4  # scripts/condor-pool's exit code for "cannot be made here
 
 
 def pool_script(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(POOL_SCRIPT), *args], capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    return subprocess.run(
+        [str(POOL_SCRIPT), *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
 
 
 @pytest.fixture(scope="session")
@@ -207,8 +228,11 @@ def condor_pool() -> Iterator[dict[str, str]]:
             pytest.skip(f"no HTCondor pool can be made here: {up.stderr.strip()[-400:]}")
         assert up.returncode == 0, f"scripts/condor-pool up failed:\n{up.stderr}"
         started = True
-        print(f"\n[condor-pool figure] up (root build included if it was not cached): "
-              f"{time.monotonic() - t0:.2f} s", file=sys.stderr)
+        print(
+            f"\n[condor-pool figure] up (root build included if it was not cached): "
+            f"{time.monotonic() - t0:.2f} s",
+            file=sys.stderr,
+        )
         for line in up.stderr.splitlines():
             if "pool root built in" in line or "pool up:" in line:
                 print(f"[condor-pool] {line}", file=sys.stderr)

@@ -67,14 +67,25 @@ def test_no_command_is_a_usage_error() -> None:
 
 # -- spec errors: exit 2, file:line and field, no traceback ----------------------------------
 BAD_SPECS = {
-    "syntax": ("platforms: [debian-12]\nsources:\n  - label: a\n    repos: [main\n"
-               "package_sets: []\n", None, None),
-    "unknown key": ("platforms: [debian-12]\nsources: [{label: a, repos: [main]}]\n"
-                    "package_sets: [{label: p, packages: []}]\ntest:\n  command: 'true'\n"
-                    "  timout: 5m\n", 6, "timout"),
-    "wrong type": ("platforms: [debian-12]\nsources: [{label: a, repos: [main]}]\n"
-                   "package_sets: [{label: p, packages: []}]\ntest:\n  command: 'true'\n"
-                   "vm:\n  cpus: many\n", 7, "cpus"),
+    "syntax": (
+        "platforms: [debian-12]\nsources:\n  - label: a\n    repos: [main\npackage_sets: []\n",
+        None,
+        None,
+    ),
+    "unknown key": (
+        "platforms: [debian-12]\nsources: [{label: a, repos: [main]}]\n"
+        "package_sets: [{label: p, packages: []}]\ntest:\n  command: 'true'\n"
+        "  timout: 5m\n",
+        6,
+        "timout",
+    ),
+    "wrong type": (
+        "platforms: [debian-12]\nsources: [{label: a, repos: [main]}]\n"
+        "package_sets: [{label: p, packages: []}]\ntest:\n  command: 'true'\n"
+        "vm:\n  cpus: many\n",
+        7,
+        "cpus",
+    ),
 }
 
 
@@ -105,8 +116,10 @@ def test_bad_spec_exit_2_names_file_line_field(tmp_path: Path, kind: str, comman
     assert not (tmp_path / "out" / "state.sqlite").exists(), "a run folder was made anyway"
 
 
-@pytest.mark.parametrize("text,line,field", [("suite: bookworm\nflavour: x\n", 2, "flavour"),
-                                             ("packages: curl\n", 1, "packages")])
+@pytest.mark.parametrize(
+    "text,line,field",
+    [("suite: bookworm\nflavour: x\n", 2, "flavour"), ("packages: curl\n", 1, "packages")],
+)
 def test_bad_recipe_exit_2(tmp_path: Path, text: str, line: int, field: str) -> None:
     path = tmp_path / "recipe.yaml"
     path.write_text(text)
@@ -152,8 +165,9 @@ def test_matrix_notes_a_platform_run_would_refuse(tmp_path: Path) -> None:
     assert "would stop here" in proc.stderr and "debian-21" in proc.stderr
 
 
-@pytest.mark.parametrize("args", [("--jobs", "0"), ("--jobs", "-1"), ("-j", "two"),
-                                  ("--retries", "-1")])
+@pytest.mark.parametrize(
+    "args", [("--jobs", "0"), ("--jobs", "-1"), ("-j", "two"), ("--retries", "-1")]
+)
 def test_bad_counts_are_usage_errors_before_anything_is_made(tmp_path: Path, args) -> None:
     out = tmp_path / "out"
     proc = run_cli("run", EXAMPLES / "smoke.yaml", "--out", out, *args, timeout=60)
@@ -173,8 +187,11 @@ def test_report_on_a_folder_that_is_not_a_run_folder(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("command", ["resume", "rerun"])
 def test_resume_and_rerun_need_a_run_folder(tmp_path: Path, command: str) -> None:
-    proc = run_cli(command, tmp_path, "--failed", timeout=60) if command == "rerun" else \
-        run_cli(command, tmp_path, timeout=60)
+    proc = (
+        run_cli(command, tmp_path, "--failed", timeout=60)
+        if command == "rerun"
+        else run_cli(command, tmp_path, timeout=60)
+    )
     assert proc.returncode == 2
     assert "not a vmharness run folder" in proc.stderr
 
@@ -191,9 +208,16 @@ def test_report_rebuilds_from_the_database(tmp_path: Path) -> None:
     for i, run in enumerate(runs):
         a = folder.db.start_attempt(run.id)
         status = "fail" if i == 3 else "pass"
-        folder.db.finish_attempt(RunResult(run_id=run.id, status=status, attempt=a,
-                                           counts=TestCounts(ok=1), log_dir=f"runs/{run.id}"),
-                                 final=True)
+        folder.db.finish_attempt(
+            RunResult(
+                run_id=run.id,
+                status=status,
+                attempt=a,
+                counts=TestCounts(ok=1),
+                log_dir=f"runs/{run.id}",
+            ),
+            final=True,
+        )
     folder.db.close()
     out_json = tmp_path / "copy" / "r.json"
     proc = run_cli("report", tmp_path / "rd", "--json", out_json, timeout=60)

@@ -66,8 +66,11 @@ def two_run_spec(tmp_path: Path):
     image = tmp_path / "img.qcow2"
     image.write_bytes(b"QFI\xfb" + b"\0" * 4096)
     spec = tmp_path / "spec.yaml"
-    spec.write_text(TRIVIAL.replace("el8: debian-12", f"el8: {{image: {image}}}")
-                    .replace("el9: debian-12", f"el9: {{image: {image}}}"))
+    spec.write_text(
+        TRIVIAL.replace("el8: debian-12", f"el8: {{image: {image}}}").replace(
+            "el9: debian-12", f"el9: {{image: {image}}}"
+        )
+    )
     runs = expand(load_spec(spec))
     return tmp_path, runs, {r.platform.name: ImageRef.given(image) for r in runs}
 
@@ -75,8 +78,15 @@ def two_run_spec(tmp_path: Path):
 @pytest.mark.parametrize("style", ["qemu", "vm"])
 def test_dag_and_submit_descriptions(two_run_spec, style: str) -> None:
     tmp, runs, images = two_run_spec
-    opts = condor.SubmitOptions(style=style, node_python="/py", job_python="/jpy", owner=None,
-                                accel="tcg", retries=2, prep_maxjobs=7)
+    opts = condor.SubmitOptions(
+        style=style,
+        node_python="/py",
+        job_python="/jpy",
+        owner=None,
+        accel="tcg",
+        retries=2,
+        prep_maxjobs=7,
+    )
     staged = condor.stage_images(images, tmp / "run" / "images")
     assert len({s.name for s in staged.values()}) == 1  # one file, one content-addressed name
     name = next(iter(staged.values())).name
@@ -91,8 +101,10 @@ def test_dag_and_submit_descriptions(two_run_spec, style: str) -> None:
         assert f"JOB vm-{rid} vm.sub" in dag
         assert f"RETRY vm-{rid} 2 UNLESS-EXIT 2" in dag
         assert f"PARENT prep-{rid} CHILD vm-{rid}" in dag
-        assert (f"SCRIPT POST vm-{rid} /py -m vmharness.cli dag-node post {tmp / 'run'} $JOB "
-                "$RETRY $MAX_RETRIES $JOBID") in dag
+        assert (
+            f"SCRIPT POST vm-{rid} /py -m vmharness.cli dag-node post {tmp / 'run'} $JOB "
+            "$RETRY $MAX_RETRIES $JOBID"
+        ) in dag
         assert f"SCRIPT PRE vm-{rid} /py -m vmharness.cli dag-node pre {tmp / 'run'} $JOB" in dag
     assert "MAXJOBS prep 7" in dag
     assert "FINAL report report.sub" in dag
@@ -135,8 +147,9 @@ def test_shared_delivery_names_absolute_paths_and_vm_style_refuses_it(two_run_sp
 
 def test_url_delivery_transfers_from_the_url(two_run_spec) -> None:
     tmp, runs, images = two_run_spec
-    opts = condor.SubmitOptions(style="vm", delivery="url", image_url="https://h/imgs",
-                                node_python="/py", owner=None)
+    opts = condor.SubmitOptions(
+        style="vm", delivery="url", image_url="https://h/imgs", node_python="/py", owner=None
+    )
     staged = condor.stage_images(images, tmp / "store")
     condor.write_dag(tmp / "run", runs, staged, opts)
     dag = (tmp / "run" / "condor" / "runs.dag").read_text()
@@ -144,8 +157,9 @@ def test_url_delivery_transfers_from_the_url(two_run_spec) -> None:
 
 
 def test_outcome_from_events() -> None:
-    hist = condor_node.JobHistory(job_id="7.0", started=100.0, ended=130.0, host="ep1",
-                                  terminated=True, return_value=0)
+    hist = condor_node.JobHistory(
+        job_id="7.0", started=100.0, ended=130.0, host="ep1", terminated=True, return_value=0
+    )
     assert condor_node.outcome_from(hist, None, "vm").ended == "poweroff"
     ran = VMOutcome(ended="timeout", seconds=3, accelerator="tcg", reason="slow", host="x")
     got = condor_node.outcome_from(hist, ran, "qemu")
@@ -153,16 +167,27 @@ def test_outcome_from_events() -> None:
     missing = condor_node.outcome_from(hist, None, "qemu")
     assert missing.ended == "error" and "outcome.json" in missing.reason
 
-    held = condor_node.JobHistory(job_id="8.0", aborted=True, abort_reason="The job attribute "
-                                  "PeriodicRemove expression '...' evaluated to TRUE",
-                                  holds=[("Transfer input files failure: No such file", 13, 2)])
+    held = condor_node.JobHistory(
+        job_id="8.0",
+        aborted=True,
+        abort_reason="The job attribute PeriodicRemove expression '...' evaluated to TRUE",
+        holds=[("Transfer input files failure: No such file", 13, 2)],
+    )
     got = condor_node.outcome_from(held, None, "qemu", {"held_max_s": 60})
     assert got.ended == "error"
     assert "held for longer than 60s" in got.reason and "No such file" in got.reason
-    timed = condor_node.JobHistory(job_id="9.0", aborted=True, abort_reason="PeriodicRemove",
-                                   holds=[("vmharness: VM still running after its wall-clock "
-                                           "timeout of 60s", 3,
-                                           condor_node.TIMEOUT_HOLD_SUBCODE)])
+    timed = condor_node.JobHistory(
+        job_id="9.0",
+        aborted=True,
+        abort_reason="PeriodicRemove",
+        holds=[
+            (
+                "vmharness: VM still running after its wall-clock timeout of 60s",
+                3,
+                condor_node.TIMEOUT_HOLD_SUBCODE,
+            )
+        ],
+    )
     assert condor_node.outcome_from(timed, None, "vm").ended == "timeout"
     removed = condor_node.JobHistory(job_id="10.0", aborted=True)
     assert "condor_rm" in condor_node.outcome_from(removed, None, "qemu").reason
@@ -175,8 +200,17 @@ def test_read_outcome_is_defensive(tmp_path: Path) -> None:
     for text in ["", "[]", '{"ended": "rm -rf"}', '{"seconds": 1}', "{" * 100]:
         path.write_text(text)
         assert condor_node.read_outcome(path) is None
-    path.write_text(json.dumps({"ended": "poweroff", "seconds": 2.5, "accelerator": "kvm",
-                                "host": "h" * 1000, "exit_code": "0"}))
+    path.write_text(
+        json.dumps(
+            {
+                "ended": "poweroff",
+                "seconds": 2.5,
+                "accelerator": "kvm",
+                "host": "h" * 1000,
+                "exit_code": "0",
+            }
+        )
+    )
     got = condor_node.read_outcome(path)
     assert got is not None and got.ended == "poweroff" and got.exit_code is None
     assert len(got.host) == 200
@@ -185,13 +219,30 @@ def test_read_outcome_is_defensive(tmp_path: Path) -> None:
 def test_job_description_round_trip(tmp_path: Path) -> None:
     from vmharness.backends.base import VMJob
 
-    job = VMJob(name="vmharness-0001", base_disk=Path("/cache/d.qcow2"), kernel=None,
-                initrd=None, cmdline="", input_disk=tmp_path / "input.img",
-                output_disk=tmp_path / "output.img", workdir=tmp_path,
-                console_log=tmp_path / "c.log", memory_mib=512, cpus=2, network="user",
-                wall_timeout_s=99)
-    desc = condor_node.job_to_json(job, run_id="0001", attempt=2, base="d-1234.qcow2",
-                                   kernel=None, initrd=None, phases={"disks": 0.01})
+    job = VMJob(
+        name="vmharness-0001",
+        base_disk=Path("/cache/d.qcow2"),
+        kernel=None,
+        initrd=None,
+        cmdline="",
+        input_disk=tmp_path / "input.img",
+        output_disk=tmp_path / "output.img",
+        workdir=tmp_path,
+        console_log=tmp_path / "c.log",
+        memory_mib=512,
+        cpus=2,
+        network="user",
+        wall_timeout_s=99,
+    )
+    desc = condor_node.job_to_json(
+        job,
+        run_id="0001",
+        attempt=2,
+        base="d-1234.qcow2",
+        kernel=None,
+        initrd=None,
+        phases={"disks": 0.01},
+    )
     back = condor_node.job_in(desc, Path("/sandbox"))
     assert back.base_disk == Path("/sandbox/d-1234.qcow2")
     assert back.input_disk == Path("/sandbox/input.img") and back.kernel is None
@@ -219,8 +270,10 @@ def test_final_node_closes_runs_without_a_verdict(two_run_spec) -> None:
 
 
 def test_host_of() -> None:
-    assert condor_node.host_of("<10.0.0.1:9618?addrs=10.0.0.1-9618&alias=ep7.example&noUDP>") \
+    assert (
+        condor_node.host_of("<10.0.0.1:9618?addrs=10.0.0.1-9618&alias=ep7.example&noUDP>")
         == "ep7.example"
+    )
     assert condor_node.host_of("<10.0.0.1:9618>") == "10.0.0.1:9618"
 
 
@@ -253,18 +306,24 @@ def work(condor_pool):
 def vmharness(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb", PYTHONUNBUFFERED="1")
     t0 = time.monotonic()
-    proc = subprocess.run([*VMH, *map(str, args)], capture_output=True, text=True, env=env,
-                          timeout=timeout, cwd=REPO)
-    print(f"$ vmharness {' '.join(map(str, args))} -> {proc.returncode} "
-          f"({time.monotonic() - t0:.1f}s)\n{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}")
+    proc = subprocess.run(
+        [*VMH, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
+    )
+    print(
+        f"$ vmharness {' '.join(map(str, args))} -> {proc.returncode} "
+        f"({time.monotonic() - t0:.1f}s)\n{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
+    )
     return proc
 
 
 def _keys(obj, prefix: str = "") -> set[str]:
     if isinstance(obj, dict):
         return {f"{prefix}{k}" for k in obj} | {
-            key for k, v in obj.items() if k not in ("phases", "versions")
-            for key in _keys(v, f"{prefix}{k}.")}
+            key
+            for k, v in obj.items()
+            if k not in ("phases", "versions")
+            for key in _keys(v, f"{prefix}{k}.")
+        }
     return set()
 
 
@@ -273,16 +332,26 @@ def test_qemu_style_matrix_end_to_end(condor_pool, debian_image, work: Path) -> 
     spec = work / "trivial.yaml"
     spec.write_text(TRIVIAL)
     local_spec = work / "one.yaml"
-    local_spec.write_text(TRIVIAL.replace("platforms: [el8, el9]", "platforms: [el8]")
-                          .replace("  - label: b\n    packages: []\n", ""))
+    local_spec.write_text(
+        TRIVIAL.replace("platforms: [el8, el9]", "platforms: [el8]").replace(
+            "  - label: b\n    packages: []\n", ""
+        )
+    )
     rundir, local_dir = work / "pool-run", work / "local-run"
     # The same test on the local backend, at the same time: its results.json is the reference.
     env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")
-    local = subprocess.Popen([*VMH, "run", str(local_spec), "--out", str(local_dir)], env=env,
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    local = subprocess.Popen(
+        [*VMH, "run", str(local_spec), "--out", str(local_dir)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     t0 = time.monotonic()
-    proc = vmharness("submit", spec, "--style", "qemu", "--out", rundir,
-                     "--json", work / "submit.json", "--wait")
+    proc = vmharness(
+        "submit", spec, "--style", "qemu", "--out", rundir, "--json", work / "submit.json", "--wait"
+    )
     pool_s = time.monotonic() - t0
     local_out, _ = local.communicate(timeout=600)
     print(f"local run:\n{local_out[-3000:]}\npool: {pool_s:.1f}s for 4 runs")
@@ -294,23 +363,38 @@ def test_qemu_style_matrix_end_to_end(condor_pool, debian_image, work: Path) -> 
     assert results["backend"] == "condor" and reference["backend"] == "local"
     assert [r["status"] for r in results["runs"]] == ["pass"] * 4, results["runs"]
     # Identical in form: the same keys everywhere (values of phases/versions are free-form).
-    assert _keys({k: v for k, v in results.items() if k != "runs"}) == \
-        _keys({k: v for k, v in reference.items() if k != "runs"})
+    assert _keys({k: v for k, v in results.items() if k != "runs"}) == _keys(
+        {k: v for k, v in reference.items() if k != "runs"}
+    )
     for run in results["runs"]:
         assert _keys(run) == _keys(reference["runs"][0]), run
         assert run["accelerator"] in ("tcg", "kvm")
         assert run["versions"]["condor_job"]
         log_dir = rundir / run["log_dir"]
-        for name in ("console.log", "run.json", "conditions.toml", "condor-job.log",
-                     "output/result.json"):
+        for name in (
+            "console.log",
+            "run.json",
+            "conditions.toml",
+            "condor-job.log",
+            "output/result.json",
+        ):
             assert (log_dir / name).is_file(), name
         assert not (log_dir / "work" / "output.img").exists()  # read and dropped
     for report in ("report.html", "junit.xml"):
         assert (rundir / report).is_file()
     submitted = json.loads((work / "submit.json").read_text())
     assert submitted["condor"]["cluster"] > 0
-    assert {"id", "platform", "source", "package_set", "status", "reason", "duration_s",
-            "tests", "log_dir"} <= set(submitted["runs"][0])
+    assert {
+        "id",
+        "platform",
+        "source",
+        "package_set",
+        "status",
+        "reason",
+        "duration_s",
+        "tests",
+        "log_dir",
+    } <= set(submitted["runs"][0])
 
     status = vmharness("status", rundir, "--json", work / "status.json")
     assert status.returncode == 0
@@ -324,8 +408,9 @@ def test_qemu_style_matrix_end_to_end(condor_pool, debian_image, work: Path) -> 
 
 
 @pytest.mark.condor
-def test_vm_style_jobs_are_accepted_with_the_right_ads(condor_pool, debian_image,
-                                                        work: Path) -> None:
+def test_vm_style_jobs_are_accepted_with_the_right_ads(
+    condor_pool, debian_image, work: Path
+) -> None:
     spec = work / "trivial.yaml"
     spec.write_text(TRIVIAL)
     rundir = work / "vm-run"
@@ -348,8 +433,10 @@ def test_vm_style_jobs_are_accepted_with_the_right_ads(condor_pool, debian_image
         assert ad["JobVMType"] == "kvm"
         assert ad["JobVMMemory"] == 512 and ad["JobVM_VCPUS"] == 1
         assert ad["JobVMNetworking"] is False
-        assert ad["VMPARAM_vm_Disk"] == \
-            f"{content}:vda:w:qcow2,input.img:vdb:r:raw,output.img:vdc:w:raw"
+        assert (
+            ad["VMPARAM_vm_Disk"]
+            == f"{content}:vda:w:qcow2,input.img:vdb:r:raw,output.img:vdc:w:raw"
+        )
         assert ad["VMPARAM_No_Output_VM"] is False
         assert ad["TransferOutput"] == "output.img"  # the base image never travels back
         inputs = ad["TransferInput"].split(",")
@@ -428,8 +515,9 @@ def test_faults_held_removed_corrupted(condor_pool, debian_image, work: Path) ->
     (specs / "b.yaml").write_text(FAULTS_B)
     (specs / "bad.qcow2").write_bytes(b"not an image" * 1000)
     rundir = work / "faults-run"
-    proc = vmharness("submit", specs, "--style", "qemu", "--out", rundir, "--retries", "1",
-                     "--held-max", "1s")
+    proc = vmharness(
+        "submit", specs, "--style", "qemu", "--out", rundir, "--retries", "1", "--held-max", "1s"
+    )
     assert proc.returncode == 0, proc.stderr
     bad = list((rundir / "images").glob("bad-*.qcow2"))
     assert len(bad) == 1
@@ -450,19 +538,26 @@ def test_faults_held_removed_corrupted(condor_pool, debian_image, work: Path) ->
             assert "No such file" in shown.stdout.replace("\n", " ")
             held_seen = True
         if not removed and schedd.query(
-                f'VmharnessRunDir == "{rundir}" && VmharnessRun == "0003" && JobStatus == 2',
-                projection=["ClusterId"]):
+            f'VmharnessRunDir == "{rundir}" && VmharnessRun == "0003" && JobStatus == 2',
+            projection=["ClusterId"],
+        ):
             time.sleep(5)  # let it boot a little
-            schedd.act(htcondor.JobAction.Remove,
-                       f'VmharnessRunDir == "{rundir}" && VmharnessRun == "0003"')
+            schedd.act(
+                htcondor.JobAction.Remove,
+                f'VmharnessRunDir == "{rundir}" && VmharnessRun == "0003"',
+            )
             removed = True
         time.sleep(1)
 
     st = condor.wait(folder, timeout_s=600, say=print)
     assert st.dag_state == "done" and st.dag_exit == 0  # the FINAL node made it succeed
     results = folder.db.results()
-    assert {k: r.status for k, r in results.items()} == \
-        {"0001": "pass", "0002": "died", "0003": "died", "0004": "died"}
+    assert {k: r.status for k, r in results.items()} == {
+        "0001": "pass",
+        "0002": "died",
+        "0003": "died",
+        "0004": "died",
+    }
     assert "output disk unreadable" in results["0002"].reason
     assert results["0002"].attempt == 2 and len(folder.db.attempts("0002")) == 2  # retried
     assert results["0003"].reason.startswith("HTCondor job ")
@@ -484,11 +579,15 @@ def test_resubmit_runs_what_died_again(condor_pool, debian_image, work: Path) ->
     from vmharness.rundir import RunFolder
 
     spec = work / "spec.yaml"
-    spec.write_text(FAULTS_A.replace("  - label: sleep\n    packages: []\n", "")
-                    .replace("  bad: {image: bad.qcow2}\n", ""))
+    spec.write_text(
+        FAULTS_A.replace("  - label: sleep\n    packages: []\n", "").replace(
+            "  bad: {image: bad.qcow2}\n", ""
+        )
+    )
     rundir = work / "rescue-run"
-    first = vmharness("submit", spec, "--style", "qemu", "--retries", "0", "--out", rundir,
-                      "--wait")
+    first = vmharness(
+        "submit", spec, "--style", "qemu", "--retries", "0", "--out", rundir, "--wait"
+    )
     assert first.returncode == 1, first.stderr  # one run died
     again = vmharness("resubmit", rundir, "--wait")
     assert again.returncode == 1, again.stderr
@@ -502,8 +601,9 @@ def test_resubmit_runs_what_died_again(condor_pool, debian_image, work: Path) ->
 def test_unreachable_schedd_is_a_clear_infrastructure_error(condor_pool, work: Path) -> None:
     spec = work / "trivial.yaml"
     spec.write_text(TRIVIAL)
-    proc = vmharness("submit", spec, "--style", "qemu", "--pool", "127.0.0.1:1",
-                     "--out", work / "never")
+    proc = vmharness(
+        "submit", spec, "--style", "qemu", "--pool", "127.0.0.1:1", "--out", work / "never"
+    )
     assert proc.returncode == 3
     assert "cannot reach the pool at 127.0.0.1:1" in proc.stderr
     assert "what to do" in proc.stderr

@@ -47,7 +47,8 @@ def tree_snapshot(root: Path, exclude: Path | None = None) -> dict[str, tuple]:
             kind = stat.S_IFMT(st.st_mode)
             # a folder's own mtime moves when dest is made in it; its entries are listed anyway
             snap[str(p.relative_to(root))] = (
-                (kind,) if stat.S_ISDIR(st.st_mode) else (kind, st.st_size, st.st_mtime_ns))
+                (kind,) if stat.S_ISDIR(st.st_mode) else (kind, st.st_size, st.st_mtime_ns)
+            )
     return snap
 
 
@@ -72,7 +73,7 @@ def lfn_checksum(short11: bytes) -> int:
 def lfn_entries(name: str, short11: bytes) -> list[bytes]:
     """The VFAT long-name entries for `name` (any characters at all), last part first."""
     raw = name.encode("utf-16-le", errors="surrogatepass")
-    units = [raw[i:i + 2] for i in range(0, len(raw), 2)]
+    units = [raw[i : i + 2] for i in range(0, len(raw), 2)]
     count = (len(units) + 12) // 13
     if len(units) % 13:
         units.append(b"\x00\x00")
@@ -80,7 +81,7 @@ def lfn_entries(name: str, short11: bytes) -> list[bytes]:
     csum = lfn_checksum(short11)
     out = []
     for seq in range(count, 0, -1):
-        part = units[(seq - 1) * 13: seq * 13]
+        part = units[(seq - 1) * 13 : seq * 13]
         e = bytearray(32)
         e[0] = seq | (0x40 if seq == count else 0)
         e[1:11] = b"".join(part[0:5])
@@ -110,8 +111,16 @@ class Fat16:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.b = bytearray(path.read_bytes())
-        (self.bps, self.spc, self.reserved, self.nfats, self.root_entries, _total16, _media,
-         self.fat_size) = struct.unpack_from("<HBHBHHBH", self.b, 11)
+        (
+            self.bps,
+            self.spc,
+            self.reserved,
+            self.nfats,
+            self.root_entries,
+            _total16,
+            _media,
+            self.fat_size,
+        ) = struct.unpack_from("<HBHBHHBH", self.b, 11)
         assert self.fat_size, "expected a FAT16 disk"
         self.fat_off = self.reserved * self.bps
         self.root_off = (self.reserved + self.nfats * self.fat_size) * self.bps
@@ -124,8 +133,9 @@ class Fat16:
     # FAT
     def set_fat(self, cluster: int, value: int) -> None:
         for n in range(self.nfats):
-            struct.pack_into("<H", self.b, self.fat_off + n * self.fat_size * self.bps
-                             + cluster * 2, value)
+            struct.pack_into(
+                "<H", self.b, self.fat_off + n * self.fat_size * self.bps + cluster * 2, value
+            )
 
     def get_fat(self, cluster: int) -> int:
         return struct.unpack_from("<H", self.b, self.fat_off + cluster * 2)[0]
@@ -146,9 +156,9 @@ class Fat16:
 
     def write_data(self, clusters: list[int], data: bytes) -> None:
         for i, c in enumerate(clusters):
-            chunk = data[i * self.cluster_bytes:(i + 1) * self.cluster_bytes]
+            chunk = data[i * self.cluster_bytes : (i + 1) * self.cluster_bytes]
             off = self.cluster_off(c)
-            self.b[off:off + self.cluster_bytes] = chunk.ljust(self.cluster_bytes, b"\0")
+            self.b[off : off + self.cluster_bytes] = chunk.ljust(self.cluster_bytes, b"\0")
 
     # directories
     def _slots(self, dir_cluster: int) -> tuple[int, int]:
@@ -162,7 +172,7 @@ class Fat16:
             if self.b[off] == 0x00:
                 assert off + 32 * len(entries) <= start + length, "directory full"
                 for i, e in enumerate(entries):
-                    self.b[off + 32 * i: off + 32 * (i + 1)] = e
+                    self.b[off + 32 * i : off + 32 * (i + 1)] = e
                 return
         raise AssertionError("directory full")
 
@@ -170,9 +180,16 @@ class Fat16:
         self._names += 1
         return f"VMH{self._names:05d}BIN".encode()
 
-    def add_file(self, name: str | None, data: bytes = b"", *, dir_cluster: int = 0,
-                 short11: bytes | None = None, size: int | None = None,
-                 clusters: list[int] | None = None) -> list[int]:
+    def add_file(
+        self,
+        name: str | None,
+        data: bytes = b"",
+        *,
+        dir_cluster: int = 0,
+        short11: bytes | None = None,
+        size: int | None = None,
+        clusters: list[int] | None = None,
+    ) -> list[int]:
         short11 = short11 or self.next_short()
         if clusters is None:
             clusters = self.alloc(max(1, -(-len(data) // self.cluster_bytes))) if data else []
@@ -189,8 +206,11 @@ class Fat16:
         short11 = self.next_short()
         if cluster is None:
             (cluster,) = self.alloc(1)
-            self.write_data([cluster], short_entry(b".          ", 0x10, cluster, 0)
-                            + short_entry(b"..         ", 0x10, parent, 0))
+            self.write_data(
+                [cluster],
+                short_entry(b".          ", 0x10, cluster, 0)
+                + short_entry(b"..         ", 0x10, parent, 0),
+            )
         entries = lfn_entries(name, short11) + [short_entry(short11, 0x10, cluster, 0)]
         self.put_entries(parent, entries)
         return cluster
@@ -241,8 +261,9 @@ def test_input_disk_holds_conditions_and_suite(tmp_path: Path) -> None:
     print(f"make_input_disk with a suite: {seconds * 1000:.1f} ms")
 
     def debugfs(request: str) -> str:
-        proc = subprocess.run(["debugfs", "-R", request, str(disk)], capture_output=True,
-                              text=True, check=True)
+        proc = subprocess.run(
+            ["debugfs", "-R", request, str(disk)], capture_output=True, text=True, check=True
+        )
         return proc.stdout
 
     assert debugfs("cat /conditions.toml") == CONDITIONS
@@ -258,8 +279,9 @@ def test_input_disk_without_suite_has_only_conditions(tmp_path: Path) -> None:
     disk = tmp_path / "input.img"
     make_input_disk(disk, CONDITIONS)
     if shutil.which("debugfs"):
-        ls = subprocess.run(["debugfs", "-R", "ls /", str(disk)], capture_output=True,
-                            text=True, check=True).stdout
+        ls = subprocess.run(
+            ["debugfs", "-R", "ls /", str(disk)], capture_output=True, text=True, check=True
+        ).stdout
         names = set(ls.split()) - {".", ".."}
         assert "conditions.toml" in names
         assert "suite" not in names
@@ -297,8 +319,9 @@ def test_output_disk_too_small_is_refused(tmp_path: Path) -> None:
 def _mcopy_tree(disk: Path, src: Path) -> None:
     env = dict(os.environ, MTOOLS_SKIP_CHECK="1", LC_ALL="C.UTF-8")
     items = sorted(str(p) for p in src.iterdir())
-    subprocess.run(["mcopy", "-s", "-i", str(disk), *items, "::/"], check=True, env=env,
-                   capture_output=True)
+    subprocess.run(
+        ["mcopy", "-s", "-i", str(disk), *items, "::/"], check=True, env=env, capture_output=True
+    )
 
 
 @pytest.mark.skipif(not shutil.which("mcopy"), reason="needs mtools")
@@ -321,8 +344,7 @@ def test_round_trip(tmp_path: Path, size_mib: int) -> None:
     _mcopy_tree(disk, src)
     dest = tmp_path / "out"
     result = extract_safely(tmp_path, disk, dest)
-    print(f"extraction ({size_mib} MiB disk): {result.seconds * 1000:.1f} ms, "
-          f"{result.bytes} bytes")
+    print(f"extraction ({size_mib} MiB disk): {result.seconds * 1000:.1f} ms, {result.bytes} bytes")
     assert result.error is None, result.error
     assert result.skipped == []
     for rel, data in files.items():
@@ -580,8 +602,14 @@ def test_zeroed_boot_sector(tmp_path: Path, area) -> None:
 def test_lying_geometry(tmp_path: Path, area) -> None:
     disk, dest = area
     fat = _disk_with_files(disk)
-    for offset, fmt, value in [(11, "<H", 3), (13, "<B", 0), (13, "<B", 3), (16, "<B", 0),
-                               (22, "<H", 0), (19, "<H", 0xFFFF)]:
+    for offset, fmt, value in [
+        (11, "<H", 3),
+        (13, "<B", 0),
+        (13, "<B", 3),
+        (16, "<B", 0),
+        (22, "<H", 0),
+        (19, "<H", 0xFFFF),
+    ]:
         b = bytearray(fat.b)
         struct.pack_into(fmt, b, offset, value)
         if offset == 19:
@@ -618,7 +646,8 @@ def test_safe_names_are_accepted(name: str) -> None:
     assert unsafe_name(name) is None
 
 
-@pytest.mark.parametrize("name", ["", ".", "..", "a/b", "a\\b", "a\0b", "tab\there", "\x7f",
-                                  "é" * 200, "bad\ufffd"])
+@pytest.mark.parametrize(
+    "name", ["", ".", "..", "a/b", "a\\b", "a\0b", "tab\there", "\x7f", "é" * 200, "bad\ufffd"]
+)
 def test_unsafe_names_are_refused(name: str) -> None:
     assert unsafe_name(name)

@@ -52,9 +52,12 @@ def test_builtin_recipes_load() -> None:
 
 
 def test_recipe_file_with_own_mirror_and_packages(tmp_path: Path) -> None:
-    path = write_recipe(tmp_path, "suite: bookworm\nmirror: http://mirror.example/debian\n"
-                                  "packages: [curl, jq]\nhostname: box.test.lan\n"
-                                  "disk_size: 1536M\n")
+    path = write_recipe(
+        tmp_path,
+        "suite: bookworm\nmirror: http://mirror.example/debian\n"
+        "packages: [curl, jq]\nhostname: box.test.lan\n"
+        "disk_size: 1536M\n",
+    )
     r = load_recipe(str(path))
     assert r.name == "my-recipe" and r.mirror == "http://mirror.example/debian"
     assert r.packages == ("curl", "jq") and r.hostname == "box.test.lan"
@@ -90,8 +93,9 @@ def test_recipe_with_own_certificate(tmp_path: Path) -> None:
         ("certificate: self-signed\n", 1, "certificate", "generated"),
     ],
 )
-def test_recipe_errors_name_file_line_field(tmp_path: Path, text: str, line: int, field: str,
-                                            words: str) -> None:
+def test_recipe_errors_name_file_line_field(
+    tmp_path: Path, text: str, line: int, field: str, words: str
+) -> None:
     path = write_recipe(tmp_path, text)
     err = recipe_error(path)
     assert err.file == str(path)
@@ -102,11 +106,15 @@ def test_recipe_errors_name_file_line_field(tmp_path: Path, text: str, line: int
     assert err.exit_code == 2
 
 
-@pytest.mark.parametrize("text,line", [("suite: [bookworm\n", 2),
-                                       ("suite: bookworm\npackages:\n  - curl\n  - : x\n", 4),
-                                       ("suite: bookworm\n\tmirror: x\n", 2)])
-def test_recipe_yaml_syntax_error_names_file_and_line(tmp_path: Path, text: str,
-                                                      line: int) -> None:
+@pytest.mark.parametrize(
+    "text,line",
+    [
+        ("suite: [bookworm\n", 2),
+        ("suite: bookworm\npackages:\n  - curl\n  - : x\n", 4),
+        ("suite: bookworm\n\tmirror: x\n", 2),
+    ],
+)
+def test_recipe_yaml_syntax_error_names_file_and_line(tmp_path: Path, text: str, line: int) -> None:
     path = write_recipe(tmp_path, text)
     err = recipe_error(path)
     assert err.file == str(path) and err.line == line
@@ -199,8 +207,9 @@ def test_ca_key_never_enters_the_overlay(tmp_path: Path) -> None:
     # what must be there: the host pair (private), the CA certificate, the fixed name
     assert (overlay / "etc/vmharness/hostcert.pem").read_bytes() == creds.cert_pem
     assert stat.S_IMODE((overlay / "etc/vmharness/hostkey.pem").stat().st_mode) == 0o600
-    assert (overlay / "usr/local/share/ca-certificates/vmharness-test-ca.crt").read_bytes() \
-        == creds.ca_pem
+    assert (
+        overlay / "usr/local/share/ca-certificates/vmharness-test-ca.crt"
+    ).read_bytes() == creds.ca_pem
     assert recipe.hostname in (overlay / "etc/hosts").read_text()
     assert os.access(overlay / "usr/local/sbin/vmharness-agent", os.X_OK)
     assert (overlay / "etc/systemd/system/vmharness-agent.service").is_file()
@@ -221,8 +230,7 @@ def test_user_certificate_has_no_ca_in_the_overlay(tmp_path: Path) -> None:
 
 
 # -- cache keys ------------------------------------------------------------------------------
-def test_cache_key_is_stable_and_follows_what_shapes_the_image(tmp_path: Path,
-                                                               monkeypatch) -> None:
+def test_cache_key_is_stable_and_follows_what_shapes_the_image(tmp_path: Path, monkeypatch) -> None:
     cache = ImageCache(tmp_path / "cache")
     recipe = load_recipe("debian-12")
     key = cache.key_for(recipe)
@@ -260,17 +268,24 @@ def test_default_cache_root_honours_the_environment(monkeypatch, tmp_path: Path)
 
 
 # -- cache bookkeeping on hand-made image folders --------------------------------------------
-def fake_image(cache: ImageCache, recipe: str, key: str, age_s: float, *,
-               tag: str = "") -> Path:
+def fake_image(cache: ImageCache, recipe: str, key: str, age_s: float, *, tag: str = "") -> Path:
     built = time.time() - age_s
     folder = cache.images_dir / f"{recipe}-{key[:12]}-{int(built)}{tag}"
     folder.mkdir(parents=True)
     for name in ("disk.qcow2", "vmlinuz", "initrd.img"):
         (folder / name).write_bytes(b"x")
-    meta = {"recipe": recipe, "key": key, "built_at": built, "sha256": "ab" * 32,
-            "size_bytes": 1, "hostname": DEFAULT_HOSTNAME, "kernel_version": "6.1",
-            "cmdline": "root=/dev/vda2", "apt_source": "deb x bookworm main",
-            "suite": "bookworm"}
+    meta = {
+        "recipe": recipe,
+        "key": key,
+        "built_at": built,
+        "sha256": "ab" * 32,
+        "size_bytes": 1,
+        "hostname": DEFAULT_HOSTNAME,
+        "kernel_version": "6.1",
+        "cmdline": "root=/dev/vda2",
+        "apt_source": "deb x bookworm main",
+        "suite": "bookworm",
+    }
     (folder / "image.json").write_text(json.dumps(meta))
     for p in folder.iterdir():
         p.chmod(0o444)  # as published: read-only

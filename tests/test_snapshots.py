@@ -14,9 +14,18 @@ from vmharness.backends import local
 from vmharness.backends.base import VMJob
 from vmharness.backends.snapshots import FAILURE_TTL_S, SnapshotStore
 
-SHAPE = {"image": "/c/images/debian-12-abc/disk.qcow2", "image_folder": "debian-12-abc",
-         "kernel": "/c/k", "initrd": "/c/i", "cmdline": "root=/dev/vda2", "qemu": "7.2",
-         "accel": "tcg", "memory_mib": 512, "cpus": 1, "network": "none"}
+SHAPE = {
+    "image": "/c/images/debian-12-abc/disk.qcow2",
+    "image_folder": "debian-12-abc",
+    "kernel": "/c/k",
+    "initrd": "/c/i",
+    "cmdline": "root=/dev/vda2",
+    "qemu": "7.2",
+    "accel": "tcg",
+    "memory_mib": 512,
+    "cpus": 1,
+    "network": "none",
+}
 
 
 def made(store: SnapshotStore, shape: dict = SHAPE) -> str:
@@ -33,9 +42,16 @@ def test_every_part_of_the_shape_changes_the_key(tmp_path: Path) -> None:
     store = SnapshotStore(tmp_path)
     base = store.key(SHAPE)
     assert store.key(dict(SHAPE)) == base
-    for field, other in [("memory_mib", 1024), ("cpus", 2), ("network", "user"),
-                         ("accel", "kvm"), ("qemu", "8.0"), ("cmdline", "x"),
-                         ("image", "/other"), ("kernel", "/k2")]:
+    for field, other in [
+        ("memory_mib", 1024),
+        ("cpus", 2),
+        ("network", "user"),
+        ("accel", "kvm"),
+        ("qemu", "8.0"),
+        ("cmdline", "x"),
+        ("image", "/other"),
+        ("kernel", "/k2"),
+    ]:
         assert store.key({**SHAPE, field: other}) != base, field
 
 
@@ -105,17 +121,25 @@ def test_the_lock_lets_one_maker_at_a_time(tmp_path: Path) -> None:
 
 
 def job(tmp_path: Path, **kw) -> VMJob:
-    return VMJob(name="vmharness-0001", base_disk=tmp_path / "disk.qcow2",
-                 kernel=tmp_path / "vmlinuz", initrd=tmp_path / "initrd.img",
-                 cmdline="root=/dev/vda2", input_disk=tmp_path / "in.img",
-                 output_disk=tmp_path / "out.img", workdir=tmp_path,
-                 console_log=tmp_path / "console.log", **kw)
+    return VMJob(
+        name="vmharness-0001",
+        base_disk=tmp_path / "disk.qcow2",
+        kernel=tmp_path / "vmlinuz",
+        initrd=tmp_path / "initrd.img",
+        cmdline="root=/dev/vda2",
+        input_disk=tmp_path / "in.img",
+        output_disk=tmp_path / "out.img",
+        workdir=tmp_path,
+        console_log=tmp_path / "console.log",
+        **kw,
+    )
 
 
 def test_warm_command_has_no_run_disks_and_two_free_ports(tmp_path: Path) -> None:
     j = job(tmp_path)
-    warm = local._warm_command(j, "tcg", tmp_path / "o.qcow2", tmp_path / "q.sock",
-                               tmp_path / "c.log")
+    warm = local._warm_command(
+        j, "tcg", tmp_path / "o.qcow2", tmp_path / "q.sock", tmp_path / "c.log"
+    )
     text = " ".join(warm)
     assert "in.img" not in text and "out.img" not in text
     assert text.count("pcie-root-port") == 2
@@ -191,8 +215,9 @@ def test_no_vm_starts_once_stopping_has_begun(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setattr(local, "_stopping", threading.Event())
     local._stopping.set()
     with pytest.raises(local.VMInterrupted):
-        local._start(["qemu-system-x86_64", "-name", "vmharness-0001"], tmp_path,
-                     tmp_path / "q.sock")
+        local._start(
+            ["qemu-system-x86_64", "-name", "vmharness-0001"], tmp_path, tmp_path / "q.sock"
+        )
     assert not local._running
 
 
@@ -204,16 +229,26 @@ def test_the_run_says_how_many_snapshots_it_will_make(tmp_path: Path, monkeypatc
 
     monkeypatch.setattr(local, "qemu_version", lambda: "7.2")
     (tmp_path / "disk.qcow2").write_bytes(b"")
-    built = ImageRef(disk=tmp_path / "disk.qcow2", kernel=tmp_path / "k", initrd=None,
-                     cmdline="root=/dev/vda2", apt_source="", suite="", label="debian-12")
+    built = ImageRef(
+        disk=tmp_path / "disk.qcow2",
+        kernel=tmp_path / "k",
+        initrd=None,
+        cmdline="root=/dev/vda2",
+        apt_source="",
+        suite="",
+        label="debian-12",
+    )
     given = ImageRef.given(tmp_path / "disk.qcow2")
 
     def run(n: int, platform: str, memory: int) -> Run:
-        return Run(id=f"{n:04d}", platform=Platform(platform, recipe="debian-12"),
-                   source=Source("s"), package_set=PackageSet(f"p{n}"),
-                   test=Test(command="true", timeout_s=60, format="exit-code"),
-                   vm=VMSettings(memory_mib=memory, cpus=1, network="none",
-                                 wall_timeout_s=300))
+        return Run(
+            id=f"{n:04d}",
+            platform=Platform(platform, recipe="debian-12"),
+            source=Source("s"),
+            package_set=PackageSet(f"p{n}"),
+            test=Test(command="true", timeout_s=60, format="exit-code"),
+            vm=VMSettings(memory_mib=memory, cpus=1, network="none", wall_timeout_s=300),
+        )
 
     runs = [run(1, "a", 512), run(2, "a", 512), run(3, "a", 1024), run(4, "mine", 512)]
     images = {"a": built, "mine": given}
@@ -221,6 +256,17 @@ def test_the_run_says_how_many_snapshots_it_will_make(tmp_path: Path, monkeypatc
     text = _snapshot_plan(runs, images, "tcg", store)
     assert text.startswith("VMs start from 2 warm-boot snapshot(s); 2 not made yet")
     assert "1 run(s) on given images boot" in text
-    made(store, local.snapshot_shape(built.disk, built.kernel, None, built.cmdline, "tcg",
-                                     memory_mib=512, cpus=1, network="none"))
+    made(
+        store,
+        local.snapshot_shape(
+            built.disk,
+            built.kernel,
+            None,
+            built.cmdline,
+            "tcg",
+            memory_mib=512,
+            cpus=1,
+            network="none",
+        ),
+    )
     assert "; 1 not made yet" in _snapshot_plan(runs, images, "tcg", store)

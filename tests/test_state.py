@@ -44,8 +44,9 @@ def db(tmp_path: Path, runs):
 
 
 def result(run_id: str, status: str, attempt: int, **kw) -> RunResult:
-    return RunResult(run_id=run_id, status=status, attempt=attempt, reason=f"{status} reason",
-                     host="h", **kw)
+    return RunResult(
+        run_id=run_id, status=status, attempt=attempt, reason=f"{status} reason", host="h", **kw
+    )
 
 
 def test_run_dict_round_trip_matrix(runs) -> None:
@@ -64,7 +65,8 @@ def test_run_dict_round_trip_with_suite_and_env(tmp_path: Path) -> None:
         "platforms: [debian-12]\nsources: [{label: s, repos: [main]}]\n"
         "package_sets: [{label: p, packages: [curl]}]\n"
         "test: {suite: suite/, command: ./run, env: {A: '1', B: two}, timeout: 5m}\n"
-        "vm: {wall_timeout: 9m, debug: true, network: user}\n")
+        "vm: {wall_timeout: 9m, debug: true, network: user}\n"
+    )
     (run,) = expand(load_spec(spec))
     again = run_from_dict(json.loads(json.dumps(run_to_dict(run))))
     assert again == run
@@ -90,9 +92,16 @@ def test_start_finish_round_trip(db: RunDB) -> None:
     attempt = db.start_attempt("0001", host="h")
     assert attempt == 1
     assert db.states()["0001"] == (RUNNING, 1)
-    r = result("0001", "fail", attempt, counts=Counts(ok=3, fail=1),
-               problems=[Problem("m", "t", "c", "FAIL", "-", "boom")],
-               phases={"vm": 1.5}, versions={"kernel": "6.1"}, exit_code=1)
+    r = result(
+        "0001",
+        "fail",
+        attempt,
+        counts=Counts(ok=3, fail=1),
+        problems=[Problem("m", "t", "c", "FAIL", "-", "boom")],
+        phases={"vm": 1.5},
+        versions={"kernel": "6.1"},
+        exit_code=1,
+    )
     db.finish_attempt(r, final=True)
     assert db.states()["0001"] == ("done", 1)
     assert db.results()["0001"] == r
@@ -155,8 +164,10 @@ def test_simulated_kill_is_recovered_once(tmp_path: Path, runs) -> None:
     # the next attempt is a new one: the interrupted attempt stays recorded
     n = db.start_attempt("0003")
     db.finish_attempt(result("0003", "fail", n), final=True)
-    assert [(a["attempt"], a["status"]) for a in db.attempts("0003")] == \
-        [(1, "interrupted"), (n, "fail")]
+    assert [(a["attempt"], a["status"]) for a in db.attempts("0003")] == [
+        (1, "interrupted"),
+        (n, "fail"),
+    ]
     assert n == 2
     db.close()
 

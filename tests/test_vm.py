@@ -29,8 +29,17 @@ from conftest import (
 
 pytestmark = pytest.mark.vm
 
-CONTRACT = {"id", "platform", "source", "package_set", "status", "reason", "duration_s",
-            "tests", "log_dir"}
+CONTRACT = {
+    "id",
+    "platform",
+    "source",
+    "package_set",
+    "status",
+    "reason",
+    "duration_s",
+    "tests",
+    "log_dir",
+}
 FINAL = {"pass", "fail", "install", "update", "cleanup", "ignore", "timeout", "died"}
 RUN_TIMEOUT_S = 600  # per vmharness invocation: a hard stop if something hangs for real
 
@@ -48,8 +57,10 @@ def snapshot(root: Path, exclude: Path) -> dict[str, tuple[int, int]]:
 
 
 def image_state(image) -> dict[str, tuple[int, int, int]]:
-    return {p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode)
-            for p in image.folder.iterdir()}
+    return {
+        p.name: (p.stat().st_size, p.stat().st_mtime_ns, p.stat().st_mode)
+        for p in image.folder.iterdir()
+    }
 
 
 def runs_by_label(results_json: Path) -> dict[str, dict]:
@@ -68,8 +79,13 @@ def db_rows(run_dir: Path, sql: str) -> list[tuple]:
 def start_cli(*args: str | Path, log: Path) -> subprocess.Popen[bytes]:
     """`vmharness ARGS` in the background, in its own process group, output to `log`."""
     with open(log, "wb") as out:
-        return subprocess.Popen(vmharness_argv(*args), stdout=out, stderr=subprocess.STDOUT,
-                                env=cli_env(), start_new_session=True)
+        return subprocess.Popen(
+            vmharness_argv(*args),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=cli_env(),
+            start_new_session=True,
+        )
 
 
 def finish(proc: subprocess.Popen[bytes], log: Path, timeout: float = RUN_TIMEOUT_S) -> int:
@@ -93,9 +109,22 @@ def smoke_runs(base_image, tmp_path_factory):
     procs = {}
     for boot in ("kernel", "disk"):
         out = base / boot
-        procs[boot] = (start_cli("run", EXAMPLES / "smoke.yaml", "--out", out, "--json",
-                                 out / "r.json", "--boot", boot, "--retries", "0",
-                                 log=base / f"{boot}.log"), out)
+        procs[boot] = (
+            start_cli(
+                "run",
+                EXAMPLES / "smoke.yaml",
+                "--out",
+                out,
+                "--json",
+                out / "r.json",
+                "--boot",
+                boot,
+                "--retries",
+                "0",
+                log=base / f"{boot}.log",
+            ),
+            out,
+        )
     done = {boot: (finish(p, base / f"{boot}.log"), out) for boot, (p, out) in procs.items()}
     print(f"smoke, both boot ways at once: {time.monotonic() - t0:.1f}s")
     assert image_state(base_image) == before, "a run modified the base image"
@@ -128,8 +157,10 @@ def _check_smoke(code: int, out: Path) -> dict:
 def test_smoke_spec_passes_end_to_end(smoke_runs) -> None:
     code, out = smoke_runs["kernel"]
     run = _check_smoke(code, out)
-    print(f"smoke run (direct kernel boot): {run['duration_s']:.1f}s, "
-          f"accelerator {run.get('accelerator')}, phases {run.get('phases')}")
+    print(
+        f"smoke run (direct kernel boot): {run['duration_s']:.1f}s, "
+        f"accelerator {run.get('accelerator')}, phases {run.get('phases')}"
+    )
     assert run.get("accelerator") in ("kvm", "tcg")
     command = (out / run["log_dir"] / "work" / "qemu-command.txt").read_text()
     assert " -kernel " in command
@@ -162,8 +193,11 @@ FAULT_SETS = ["hang", "panic", "agent-kill", "disk-full"]
 # sqlite connection between threads without a lock: see
 # test_state.py::test_transactions_from_two_threads.)
 # The `debug` run's test passes, but `vm.debug: true` keeps its VM up instead of powering off.
-FAULT_GROUPS = [(["hang"], {}), (["panic", "agent-kill", "disk-full"], {}),
-                (["debug"], {"debug": True})]
+FAULT_GROUPS = [
+    (["hang"], {}),
+    (["panic", "agent-kill", "disk-full"], {}),
+    (["debug"], {"debug": True}),
+]
 
 
 @pytest.fixture(scope="module")
@@ -178,17 +212,41 @@ def faults(base_image, tmp_path_factory):
     groups = []
     for n, (labels, options) in enumerate(FAULT_GROUPS):
         spec = base / f"faults-{n}.yaml"
-        spec.write_text(spec_text(FAULTS, package_sets=labels, timeout="60s",
-                                  wall_timeout="90s", output_size="16M", **options))
+        spec.write_text(
+            spec_text(
+                FAULTS,
+                package_sets=labels,
+                timeout="60s",
+                wall_timeout="90s",
+                output_size="16M",
+                **options,
+            )
+        )
         groups.append((spec, base / f"run-{n}", base / f"run-{n}.log"))
     before = snapshot(base, exclude=base / "run-")
     image_before = image_state(base_image)
     t0 = time.monotonic()
-    procs = [start_cli("run", spec, "--out", out, "--json", out / "r.json", "--jobs", "1",
-                       "--retries", "1", log=log) for spec, out, log in groups]
+    procs = [
+        start_cli(
+            "run",
+            spec,
+            "--out",
+            out,
+            "--json",
+            out / "r.json",
+            "--jobs",
+            "1",
+            "--retries",
+            "1",
+            log=log,
+        )
+        for spec, out, log in groups
+    ]
     codes = [finish(proc, log) for proc, (_spec, _out, log) in zip(procs, groups, strict=True)]
-    print(f"fault runs ({sum(len(g) for g, _ in FAULT_GROUPS)} runs in {len(groups)} processes, "
-          f"--retries 1): {time.monotonic() - t0:.1f}s")
+    print(
+        f"fault runs ({sum(len(g) for g, _ in FAULT_GROUPS)} runs in {len(groups)} processes, "
+        f"--retries 1): {time.monotonic() - t0:.1f}s"
+    )
     after = snapshot(base, exclude=base / "run-")
     kill_pids(left := qemu_pids_under(base))
     assert not left, "qemu still running after vmharness ended"
@@ -198,8 +256,13 @@ def faults(base_image, tmp_path_factory):
     for _spec, out, _log in groups:
         for label, run in runs_by_label(out / "r.json").items():
             runs[label], outs[label] = run, out
-    return {"codes": codes, "outs": outs, "runs": runs, "outside_unchanged": before == after,
-            "image_unchanged": image_state(base_image) == image_before}
+    return {
+        "codes": codes,
+        "outs": outs,
+        "runs": runs,
+        "outside_unchanged": before == after,
+        "image_unchanged": image_state(base_image) == image_before,
+    }
 
 
 def test_faults_exit_code_and_host_untouched(faults) -> None:
@@ -256,8 +319,10 @@ def test_died_runs_are_retried_once(faults) -> None:
     for label in ("panic", "agent-kill"):
         run, out = faults["runs"][label], faults["outs"][label]
         assert run["attempt"] == 2, (label, run["reason"])
-        rows = db_rows(out, f"SELECT attempt, status FROM attempts WHERE run_id = '{run['id']}' "
-                            "ORDER BY attempt")
+        rows = db_rows(
+            out,
+            f"SELECT attempt, status FROM attempts WHERE run_id = '{run['id']}' ORDER BY attempt",
+        )
         assert rows == [(1, "died"), (2, "died")], (label, rows)
         # the first attempt's logs are kept beside the second's
         assert list((out / "runs").glob(f"{run['id']}.attempt1-*"))
@@ -309,12 +374,14 @@ def resumed(base_image, tmp_path_factory):
     """A 3-run matrix killed with SIGKILL (vmharness and its VMs) during run 2, then resumed."""
     base = tmp_path_factory.mktemp("resume")
     spec = base / "resume.yaml"
-    spec.write_text(spec_text(RESUME, package_sets=["pass", "slow", "fail"], timeout="10s",
-                              wall_timeout="3m"))
+    spec.write_text(
+        spec_text(RESUME, package_sets=["pass", "slow", "fail"], timeout="10s", wall_timeout="3m")
+    )
     out = base / "run"
     t0 = time.monotonic()
-    proc = start_cli("run", spec, "--out", out, "--jobs", "1", "--retries", "1",
-                     log=base / "first.log")
+    proc = start_cli(
+        "run", spec, "--out", out, "--jobs", "1", "--retries", "1", log=base / "first.log"
+    )
     try:
         first_done = out / "runs" / "0001" / "run.json"
 
@@ -325,8 +392,7 @@ def resumed(base_image, tmp_path_factory):
             return rows == [("done",)]
 
         _wait_for("run 0001's verdict", run1_recorded, 300, proc)
-        _wait_for("run 0002's VM", lambda: bool(qemu_pids_under(out / "runs" / "0002")), 120,
-                  proc)
+        _wait_for("run 0002's VM", lambda: bool(qemu_pids_under(out / "runs" / "0002")), 120, proc)
         time.sleep(3)  # well inside run 0002
     finally:
         # kill -9 of vmharness's whole process group, and of its VMs (their own sessions), as
@@ -345,28 +411,31 @@ def resumed(base_image, tmp_path_factory):
     assert not qemu_pids_under(out), "the killed VMs are still running"
 
     t1 = time.monotonic()
-    proc = start_cli("resume", out, "--jobs", "1", "--json", out / "r.json",
-                     log=base / "resume.log")
+    proc = start_cli(
+        "resume", out, "--jobs", "1", "--json", out / "r.json", log=base / "resume.log"
+    )
     code = finish(proc, base / "resume.log")
     assert code in (0, 1), f"vmharness resume exited {code} (see its output above)"
     print(f"resume: killed after {killed_at:.1f}s, resume took {time.monotonic() - t1:.1f}s")
     kill_pids(left := qemu_pids_under(base))
     assert not left, "qemu still running after vmharness ended"
-    return {"code": code, "out": out, "run1_before": run1, "states_after_kill": states_after_kill,
-            "resume_log": (base / "resume.log").read_text(errors="replace")}
+    return {
+        "code": code,
+        "out": out,
+        "run1_before": run1,
+        "states_after_kill": states_after_kill,
+        "resume_log": (base / "resume.log").read_text(errors="replace"),
+    }
 
 
 def test_resume_finishes_every_run_exactly_once(resumed) -> None:
     out = resumed["out"]
-    assert resumed["states_after_kill"] == {"0001": "done", "0002": "running",
-                                            "0003": "pending"}
+    assert resumed["states_after_kill"] == {"0001": "done", "0002": "running", "0003": "pending"}
     assert resumed["code"] == 1  # a fail and a timeout among them
     assert "interrupted" in resumed["resume_log"]
     rows = db_rows(out, "SELECT id, state, attempts, status FROM runs ORDER BY id")
-    assert [(i, s) for i, s, _, _ in rows] == [("0001", "done"), ("0002", "done"),
-                                              ("0003", "done")]
-    attempts = db_rows(out, "SELECT run_id, attempt, status FROM attempts ORDER BY run_id, "
-                            "attempt")
+    assert [(i, s) for i, s, _, _ in rows] == [("0001", "done"), ("0002", "done"), ("0003", "done")]
+    attempts = db_rows(out, "SELECT run_id, attempt, status FROM attempts ORDER BY run_id, attempt")
     finals: dict[str, int] = {}
     for run_id, _attempt, status in attempts:
         if status in FINAL:
@@ -412,5 +481,6 @@ def test_report_rebuilds_from_the_run_folder(resumed, tmp_path: Path) -> None:
     assert proc.returncode == 1
     again = json.loads((tmp_path / "again.json").read_text())
     first = json.loads((resumed["out"] / "r.json").read_text())
-    assert [(r["id"], r["status"]) for r in again["runs"]] == \
-        [(r["id"], r["status"]) for r in first["runs"]]
+    assert [(r["id"], r["status"]) for r in again["runs"]] == [
+        (r["id"], r["status"]) for r in first["runs"]
+    ]

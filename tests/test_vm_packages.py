@@ -24,8 +24,10 @@ import pytest
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.skipif(os.geteuid() != 0, reason="image builds need root"),
-    pytest.mark.skipif(not shutil.which("qemu-system-x86_64") or not shutil.which("dpkg-deb"),
-                       reason="qemu or dpkg-deb missing"),
+    pytest.mark.skipif(
+        not shutil.which("qemu-system-x86_64") or not shutil.which("dpkg-deb"),
+        reason="qemu or dpkg-deb missing",
+    ),
 ]
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,13 +40,17 @@ def make_deb(tmp: Path, version: str) -> Path:
     (pkg / "DEBIAN" / "control").write_text(
         f"Package: vmharness-hello\nVersion: {version}\nArchitecture: all\n"
         "Maintainer: vmharness tests <tests@localhost>\n"
-        "Description: says hello with its version\n")
+        "Description: says hello with its version\n"
+    )
     script = pkg / "usr" / "bin" / "vmharness-hello"
     script.write_text(f"#!/bin/sh\necho hello {version}\n")
     script.chmod(0o755)
     deb = tmp / f"vmharness-hello_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(pkg), str(deb)],
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(pkg), str(deb)],
+        check=True,
+        capture_output=True,
+    )
     return deb
 
 
@@ -53,15 +59,19 @@ def make_repo(folder: Path, deb: Path) -> None:
     folder.mkdir(parents=True)
     shutil.copy(deb, folder / deb.name)
     data = deb.read_bytes()
-    control = subprocess.run(["dpkg-deb", "-f", str(deb)], check=True, capture_output=True,
-                             text=True).stdout.strip()
-    packages = (f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
-                f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n").encode()
+    control = subprocess.run(
+        ["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    packages = (
+        f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
+        f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n"
+    ).encode()
     (folder / "Packages").write_bytes(packages)
     (folder / "Release").write_text(
         "Origin: vmharness-tests\nLabel: vmharness-tests\nSuite: tests\nCodename: tests\n"
         "Date: Tue, 24 Nov 2026 00:00:00 UTC\nArchitectures: all amd64\n"
-        f"SHA256:\n {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n")
+        f"SHA256:\n {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n"
+    )
 
 
 @pytest.fixture
@@ -104,16 +114,35 @@ vm:
   wall_timeout: 15m
 """)
     bad = tmp_path / "missing.yaml"
-    bad.write_text(spec.read_text().replace("packages: [vmharness-hello]",
-                                            "packages: [vmharness-no-such-package]")
-                   .replace("  - label: local v1 -> v2\n    repos: [v1]\n    upgrade_to: [v2]\n",
-                            ""))
+    bad.write_text(
+        spec.read_text()
+        .replace("packages: [vmharness-hello]", "packages: [vmharness-no-such-package]")
+        .replace("  - label: local v1 -> v2\n    repos: [v1]\n    upgrade_to: [v2]\n", "")
+    )
     out = tmp_path / "run"
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "vmharness.cli", "run", str(spec), "--out",
-                           str(out), "--jobs", "2", "--retries", "0", "--json",
-                           str(tmp_path / "r.json")], env=env, capture_output=True, text=True,
-                          timeout=1800, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmharness.cli",
+            "run",
+            str(spec),
+            "--out",
+            str(out),
+            "--jobs",
+            "2",
+            "--retries",
+            "0",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     runs = {r["source"]: r for r in json.loads((tmp_path / "r.json").read_text())["runs"]}
     assert runs["local v1"]["status"] == "pass"
@@ -128,12 +157,31 @@ vm:
     assert "vmharness-hello" not in (upgraded / "packages-before.txt").read_text()
 
     out2 = tmp_path / "run-missing"
-    proc = subprocess.run([sys.executable, "-m", "vmharness.cli", "run", str(bad), "--out",
-                           str(out2), "--retries", "0", "--json", str(tmp_path / "m.json")],
-                          env=env, capture_output=True, text=True, timeout=1800, cwd=ROOT)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "vmharness.cli",
+            "run",
+            str(bad),
+            "--out",
+            str(out2),
+            "--retries",
+            "0",
+            "--json",
+            str(tmp_path / "m.json"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        cwd=ROOT,
+    )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     (run,) = json.loads((tmp_path / "m.json").read_text())["runs"]
     assert run["status"] == "install"
     assert "install failed" in run["reason"]
-    assert "vmharness-no-such-package" in (out2 / run["log_dir"] / "output" /
-                                            "install.log").read_text()
+    assert (
+        "vmharness-no-such-package"
+        in (out2 / run["log_dir"] / "output" / "install.log").read_text()
+    )

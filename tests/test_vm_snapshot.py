@@ -22,15 +22,21 @@ from vmharness.spec import TestSettings as Test
 pytestmark = pytest.mark.vm
 
 # What each run reports of itself: its clock, and 16 bytes from the kernel's RNG.
-COMMAND = ('echo "clock $(date +%s)"; echo "random $(head -c 16 /dev/urandom | od -An -tx1 '
-           '| tr -d " \\n")"')
+COMMAND = (
+    'echo "clock $(date +%s)"; echo "random $(head -c 16 /dev/urandom | od -An -tx1 '
+    '| tr -d " \\n")"'
+)
 
 
 def make_run(n: int) -> Run:
-    return Run(id=f"{n:04d}", platform=Platform("debian-12", recipe="debian-12"),
-               source=Source("image"), package_set=PackageSet(f"run{n}"),
-               test=Test(command=COMMAND, timeout_s=60, format="exit-code"),
-               vm=VMSettings(memory_mib=384, cpus=1, network="none", wall_timeout_s=300))
+    return Run(
+        id=f"{n:04d}",
+        platform=Platform("debian-12", recipe="debian-12"),
+        source=Source("image"),
+        package_set=PackageSet(f"run{n}"),
+        test=Test(command=COMMAND, timeout_s=60, format="exit-code"),
+        vm=VMSettings(memory_mib=384, cpus=1, network="none", wall_timeout_s=300),
+    )
 
 
 def reported(ctx: RunContext, run: Run) -> dict[str, str]:
@@ -39,8 +45,10 @@ def reported(ctx: RunContext, run: Run) -> dict[str, str]:
 
 
 def digest(folder: Path) -> dict[str, tuple[str, int]]:
-    return {p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
-            for p in sorted(folder.iterdir())}
+    return {
+        p.name: (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
+        for p in sorted(folder.iterdir())
+    }
 
 
 @pytest.fixture(scope="module")
@@ -62,8 +70,15 @@ def warm(base_image, tmp_path_factory):
     before = digest(snaps[0].folder) if snaps else {}
     restored = [one(2), one(3)]
     after = digest(snaps[0].folder) if snaps else {}
-    return {"ctx": ctx, "store": SnapshotStore(store), "snaps": snaps, "first": first,
-            "restored": restored, "unchanged": before == after and bool(before), "one": one}
+    return {
+        "ctx": ctx,
+        "store": SnapshotStore(store),
+        "snaps": snaps,
+        "first": first,
+        "restored": restored,
+        "unchanged": before == after and bool(before),
+        "one": one,
+    }
 
 
 def test_the_first_run_makes_the_snapshot_and_passes(warm) -> None:
@@ -72,8 +87,10 @@ def test_the_first_run_makes_the_snapshot_and_passes(warm) -> None:
     assert result.boot.startswith("restored from snapshot"), result.boot
     assert "made for this run" in result.boot
     assert len(warm["snaps"]) == 1
-    print(f"first run, making the snapshot: {result.duration_s:.1f}s "
-          f"(snapshot {result.phases.get('snapshot', 0):.1f}s)")
+    print(
+        f"first run, making the snapshot: {result.duration_s:.1f}s "
+        f"(snapshot {result.phases.get('snapshot', 0):.1f}s)"
+    )
 
 
 def test_restored_runs_pass_without_booting(warm) -> None:

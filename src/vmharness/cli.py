@@ -49,6 +49,7 @@ def _at_least(minimum: int):
 
     return parse
 
+
 EPILOG = """exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
 3 infrastructure error (no run could be done).
 environment: VMHARNESS_CACHE (image cache, default ~/.cache/vmharness),
@@ -57,46 +58,84 @@ VMHARNESS_ACCEL (kvm|tcg|auto, default auto: KVM only if a probe VM boots under 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("spec", type=Path, help="spec YAML file, or a folder of them (merged)")
-    p.add_argument("--platform-map", type=Path, metavar="FILE",
-                   help="YAML mapping of platform name -> recipe name/file or {image: FILE}")
+    p.add_argument(
+        "--platform-map",
+        type=Path,
+        metavar="FILE",
+        help="YAML mapping of platform name -> recipe name/file or {image: FILE}",
+    )
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--jobs", "-j", type=_at_least(1), metavar="N",
-                   help="VMs at once (default: as many as cores and memory allow)")
-    p.add_argument("--retries", type=_at_least(0), default=2, metavar="N",
-                   help="automatic retries of infrastructure failures (died); default 2")
-    p.add_argument("--boot", choices=("snapshot", "kernel", "disk"), default="snapshot",
-                   help="snapshot (default): restore a VM of the run's shape that was booted "
-                        "once and saved just before its agent reads a run (the fastest; made on "
-                        "first use, kept in the image cache); kernel: direct kernel boot every "
-                        "time; disk: boot the image's own bootloader, as HTCondor's VM universe "
-                        "does")
-    p.add_argument("--max-age", default="7d", metavar="DURATION",
-                   help="rebuild a cached image older than this (default 7d)")
+    p.add_argument(
+        "--jobs",
+        "-j",
+        type=_at_least(1),
+        metavar="N",
+        help="VMs at once (default: as many as cores and memory allow)",
+    )
+    p.add_argument(
+        "--retries",
+        type=_at_least(0),
+        default=2,
+        metavar="N",
+        help="automatic retries of infrastructure failures (died); default 2",
+    )
+    p.add_argument(
+        "--boot",
+        choices=("snapshot", "kernel", "disk"),
+        default="snapshot",
+        help="snapshot (default): restore a VM of the run's shape that was booted "
+        "once and saved just before its agent reads a run (the fastest; made on "
+        "first use, kept in the image cache); kernel: direct kernel boot every "
+        "time; disk: boot the image's own bootloader, as HTCondor's VM universe "
+        "does",
+    )
+    p.add_argument(
+        "--max-age",
+        default="7d",
+        metavar="DURATION",
+        help="rebuild a cached image older than this (default 7d)",
+    )
     p.add_argument("--rebuild", action="store_true", help="rebuild the images first")
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
-    p.add_argument("--previous", type=Path, metavar="RUNDIR",
-                   help="compare with an earlier run folder (new failures, fixed, still failing)")
+    p.add_argument(
+        "--previous",
+        type=Path,
+        metavar="RUNDIR",
+        help="compare with an earlier run folder (new failures, fixed, still failing)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="vmharness", epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="vmharness",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Run test suites inside throw-away VMs: a matrix of OS platforms x package "
-                    "sources x package sets, locally with qemu or on an HTCondor pool.")
+        "sources x package sets, locally with qemu or on an HTCondor pool.",
+    )
     parser.add_argument("--version", action="version", version=f"vmharness {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+        return sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
 
     p = cmd("run", "run every run of a spec locally with qemu, then write the reports")
     _spec_args(p)
     _run_args(p)
-    p.add_argument("--out", type=Path, metavar="RUNDIR",
-                   help="run folder to create (default runs/<time>-<spec name>)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="RUNDIR",
+        help="run folder to create (default runs/<time>-<spec name>)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = cmd("matrix", "list the runs a spec expands to, without running anything")
@@ -113,8 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("rundir", type=Path, help=RUNDIR_HELP)
     p.add_argument("ids", nargs="*", metavar="RUN_ID", help="run ids to rerun (e.g. 0007)")
     p.add_argument("--failed", action="store_true", help="rerun every run that did not pass")
-    p.add_argument("--status", action="append", default=[], metavar="STATUS",
-                   help="rerun runs with this status (repeatable)")
+    p.add_argument(
+        "--status",
+        action="append",
+        default=[],
+        metavar="STATUS",
+        help="rerun runs with this status (repeatable)",
+    )
     _run_args(p)
     p.set_defaults(func=cmd_rerun)
 
@@ -126,27 +170,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = cmd("image", "build, list and prune cached base images")
     isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
-    b = isub.add_parser("build", help="build (or reuse) the image of a recipe",
-                        description="Build the base image of RECIPE (a built-in name such as "
-                                    "debian-12, or a recipe YAML file) unless a fresh one is "
-                                    "cached. Needs root (mmdebstrap).")
-    b.add_argument("recipe", nargs="?", default="debian-12",
-                   help=f"built-in: {', '.join(builtin_names())}; or a recipe file "
-                        "(default: debian-12)")
+    b = isub.add_parser(
+        "build",
+        help="build (or reuse) the image of a recipe",
+        description="Build the base image of RECIPE (a built-in name such as "
+        "debian-12, or a recipe YAML file) unless a fresh one is "
+        "cached. Needs root (mmdebstrap).",
+    )
+    b.add_argument(
+        "recipe",
+        nargs="?",
+        default="debian-12",
+        help=f"built-in: {', '.join(builtin_names())}; or a recipe file (default: debian-12)",
+    )
     b.add_argument("--rebuild", action="store_true", help="build even if a fresh one is cached")
-    b.add_argument("--max-age", default="7d", metavar="DURATION",
-                   help="a cached image older than this is rebuilt (default 7d)")
+    b.add_argument(
+        "--max-age",
+        default="7d",
+        metavar="DURATION",
+        help="a cached image older than this is rebuilt (default 7d)",
+    )
     b.set_defaults(func=cmd_image_build)
-    lst = isub.add_parser("list", help="list cached images and their warm-boot snapshots",
-                          description="List cached images, and the warm-boot snapshots made "
-                                      "from each (ids as in a result's `boot` field).")
+    lst = isub.add_parser(
+        "list",
+        help="list cached images and their warm-boot snapshots",
+        description="List cached images, and the warm-boot snapshots made "
+        "from each (ids as in a result's `boot` field).",
+    )
     lst.set_defaults(func=cmd_image_list)
-    pr = isub.add_parser("prune", help="remove old images, keeping the newest N per recipe",
-                         description="Remove old images, crashed-build leftovers, and the "
-                                     "warm-boot snapshots of removed images or unused for a "
-                                     "week.")
-    pr.add_argument("--keep", type=int, default=1, metavar="N", help="newest images to keep "
-                    "per recipe (default 1)")
+    pr = isub.add_parser(
+        "prune",
+        help="remove old images, keeping the newest N per recipe",
+        description="Remove old images, crashed-build leftovers, and the "
+        "warm-boot snapshots of removed images or unused for a "
+        "week.",
+    )
+    pr.add_argument(
+        "--keep",
+        type=int,
+        default=1,
+        metavar="N",
+        help="newest images to keep per recipe (default 1)",
+    )
     pr.add_argument("--dry-run", action="store_true", help="only show what would go")
     pr.set_defaults(func=cmd_image_prune)
     _condor_parsers(cmd)  # HTCondor backend block, below
@@ -200,11 +265,22 @@ def _run_here(folder, args: argparse.Namespace) -> int:
     from .rundir import run_locally
 
     try:
-        run_locally(folder, ImageCache(), console, jobs=args.jobs, retries=args.retries,
-                    boot=args.boot, max_age_s=_max_age(args), rebuild=args.rebuild)
+        run_locally(
+            folder,
+            ImageCache(),
+            console,
+            jobs=args.jobs,
+            retries=args.retries,
+            boot=args.boot,
+            max_age_s=_max_age(args),
+            rebuild=args.rebuild,
+        )
     except KeyboardInterrupt:
-        err_console.print(f"interrupted; `vmharness resume {folder.path}` finishes it (no run "
-                          "is lost or done twice)", highlight=False)
+        err_console.print(
+            f"interrupted; `vmharness resume {folder.path}` finishes it (no run "
+            "is lost or done twice)",
+            highlight=False,
+        )
         return EXIT_INTERRUPTED
     return _finish(folder, args)
 
@@ -232,8 +308,10 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     known = set(folder.db.states())
     unknown = [i for i in args.ids if i not in known]
     if unknown:
-        raise UsageError(f"no run {', '.join(unknown)} in {args.rundir}",
-                         hint="`vmharness report RUNDIR` lists the runs and their ids")
+        raise UsageError(
+            f"no run {', '.join(unknown)} in {args.rundir}",
+            hint="`vmharness report RUNDIR` lists the runs and their ids",
+        )
     chosen = set(args.ids)
     chosen |= {i for i, r in results.items() if args.failed and r.status not in PASSING}
     chosen |= {i for i, r in results.items() if r.status in args.status}
@@ -257,8 +335,9 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     try:  # listing needs no images; running does: say now what `run` would refuse
         check_platforms(spec, set(builtin_names()))
     except SpecError as exc:
-        err_console.print(f"[yellow]note:[/] `vmharness run` would stop here: {exc}",
-                          highlight=False)
+        err_console.print(
+            f"[yellow]note:[/] `vmharness run` would stop here: {exc}", highlight=False
+        )
     if args.json:
         payload = to_json_runs(runs)
         print(json.dumps(payload, indent=2))
@@ -268,8 +347,13 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         table.add_column(col)
     for run in runs:
         pk = " ".join(run.package_set.packages)
-        table.add_row(run.id, run.platform.name, run.source.label, run.package_set.label,
-                      pk if len(pk) < 60 else pk[:57] + "...")
+        table.add_row(
+            run.id,
+            run.platform.name,
+            run.source.label,
+            run.package_set.label,
+            pk if len(pk) < 60 else pk[:57] + "...",
+        )
     console.print(table)
     return EXIT_PASS
 
@@ -284,10 +368,16 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     cache = ImageCache()
     with console.status(f"{recipe.name}: looking up the cache") as status:
-        image = cache.get(recipe, max_age_s=_max_age(args), rebuild=args.rebuild,
-                          progress=lambda m: status.update(f"{recipe.name}: {m}"))
-    console.print(f"{image.recipe}: {image.folder} ({image.size_bytes / 1e6:.0f} MB, "
-                  f"kernel {image.kernel_version}, sha256 {image.sha256[:16]})")
+        image = cache.get(
+            recipe,
+            max_age_s=_max_age(args),
+            rebuild=args.rebuild,
+            progress=lambda m: status.update(f"{recipe.name}: {m}"),
+        )
+    console.print(
+        f"{image.recipe}: {image.folder} ({image.size_bytes / 1e6:.0f} MB, "
+        f"kernel {image.kernel_version}, sha256 {image.sha256[:16]})"
+    )
     return EXIT_PASS
 
 
@@ -301,10 +391,17 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     for image in images:
         snaps = snapshots.get(image.folder.name, [])
         size = sum(s.size_bytes() for s in snaps)
-        table.add_row(image.recipe, image.folder.name, f"{image.size_bytes / 1e6:.0f} MB",
-                      f"{image.age_s() / 3600:.1f} h", image.hostname, image.content_name,
-                      f"{len(snaps)} ({size / 1e6:.0f} MB): "
-                      + " ".join(s.folder.name for s in snaps) if snaps else "-")
+        table.add_row(
+            image.recipe,
+            image.folder.name,
+            f"{image.size_bytes / 1e6:.0f} MB",
+            f"{image.age_s() / 3600:.1f} h",
+            image.hostname,
+            image.content_name,
+            f"{len(snaps)} ({size / 1e6:.0f} MB): " + " ".join(s.folder.name for s in snaps)
+            if snaps
+            else "-",
+        )
     console.print(table if images else "no cached images (build one: vmharness image build)")
     return EXIT_PASS
 
@@ -328,60 +425,132 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
 # Wiring only; the work is in backends/condor.py (submit side) and backends/condor_node.py
 # (what the DAG runs). See docs/condor.md.
 def _condor_parsers(cmd) -> None:
-    p = cmd("submit", "submit every run of a spec to an HTCondor pool as a DAG "
-                      "(see docs/condor.md)")
+    p = cmd(
+        "submit", "submit every run of a spec to an HTCondor pool as a DAG (see docs/condor.md)"
+    )
     _spec_args(p)
-    p.add_argument("--pool", nargs="?", const="", default="", metavar="ADDRESS",
-                   help="collector of the pool to submit to (default: the local schedd)")
-    p.add_argument("--style", choices=("vm", "qemu"), default="vm",
-                   help="vm: VM universe jobs (default); qemu: vanilla jobs that boot qemu "
-                        "with `vmharness run-one`, for execute points without VM universe")
-    p.add_argument("--out", type=Path, metavar="RUNDIR",
-                   help="run folder to create (default runs/<time>-<spec name>); the pool's "
-                        "account must be able to reach and write it")
+    p.add_argument(
+        "--pool",
+        nargs="?",
+        const="",
+        default="",
+        metavar="ADDRESS",
+        help="collector of the pool to submit to (default: the local schedd)",
+    )
+    p.add_argument(
+        "--style",
+        choices=("vm", "qemu"),
+        default="vm",
+        help="vm: VM universe jobs (default); qemu: vanilla jobs that boot qemu "
+        "with `vmharness run-one`, for execute points without VM universe",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        metavar="RUNDIR",
+        help="run folder to create (default runs/<time>-<spec name>); the pool's "
+        "account must be able to reach and write it",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
-    p.add_argument("--boot", choices=("kernel", "disk"), default="kernel",
-                   help="--style qemu: direct kernel boot (default) or the image's own loader")
-    p.add_argument("--image-delivery", choices=("transfer", "shared", "url"), default="transfer",
-                   help="how base images reach execute points: HTCondor file transfer "
-                        "(default), a shared filesystem (--image-store on it), or a URL")
-    p.add_argument("--image-store", type=Path, metavar="DIR",
-                   help="folder for base images under content-addressed names "
-                        "(default RUNDIR/images)")
-    p.add_argument("--image-url", metavar="URL",
-                   help="with --image-delivery url: where the image store is published")
-    p.add_argument("--retries", type=_at_least(0), default=2, metavar="N",
-                   help="DAGMan retries of a run that died (infrastructure); default 2")
-    p.add_argument("--held-max", default="30m", metavar="DURATION",
-                   help="remove a job held this long; its run dies with the hold reason "
-                        "(default 30m)")
-    p.add_argument("--queue-max", default="12h", metavar="DURATION",
-                   help="remove any job in the queue this long (default 12h)")
-    p.add_argument("--requirements", metavar="EXPR",
-                   help="extra job requirements (ClassAd), e.g. to avoid bad hosts")
-    p.add_argument("--prep-maxjobs", type=int, default=20, metavar="N",
-                   help="disk-making nodes at once on the submit host (default 20)")
-    p.add_argument("--node-python", metavar="PATH",
-                   help="Python with vmharness for the DAG's nodes on the submit side "
-                        "(default $VMHARNESS_POOL_PYTHON or this one)")
-    p.add_argument("--job-python", metavar="PATH",
-                   help="--style qemu: Python with vmharness on execute points "
-                        "(default as --node-python)")
-    p.add_argument("--max-age", default="7d", metavar="DURATION",
-                   help="rebuild a cached image older than this (default 7d)")
+    p.add_argument(
+        "--boot",
+        choices=("kernel", "disk"),
+        default="kernel",
+        help="--style qemu: direct kernel boot (default) or the image's own loader",
+    )
+    p.add_argument(
+        "--image-delivery",
+        choices=("transfer", "shared", "url"),
+        default="transfer",
+        help="how base images reach execute points: HTCondor file transfer "
+        "(default), a shared filesystem (--image-store on it), or a URL",
+    )
+    p.add_argument(
+        "--image-store",
+        type=Path,
+        metavar="DIR",
+        help="folder for base images under content-addressed names (default RUNDIR/images)",
+    )
+    p.add_argument(
+        "--image-url",
+        metavar="URL",
+        help="with --image-delivery url: where the image store is published",
+    )
+    p.add_argument(
+        "--retries",
+        type=_at_least(0),
+        default=2,
+        metavar="N",
+        help="DAGMan retries of a run that died (infrastructure); default 2",
+    )
+    p.add_argument(
+        "--held-max",
+        default="30m",
+        metavar="DURATION",
+        help="remove a job held this long; its run dies with the hold reason (default 30m)",
+    )
+    p.add_argument(
+        "--queue-max",
+        default="12h",
+        metavar="DURATION",
+        help="remove any job in the queue this long (default 12h)",
+    )
+    p.add_argument(
+        "--requirements",
+        metavar="EXPR",
+        help="extra job requirements (ClassAd), e.g. to avoid bad hosts",
+    )
+    p.add_argument(
+        "--prep-maxjobs",
+        type=int,
+        default=20,
+        metavar="N",
+        help="disk-making nodes at once on the submit host (default 20)",
+    )
+    p.add_argument(
+        "--node-python",
+        metavar="PATH",
+        help="Python with vmharness for the DAG's nodes on the submit side "
+        "(default $VMHARNESS_POOL_PYTHON or this one)",
+    )
+    p.add_argument(
+        "--job-python",
+        metavar="PATH",
+        help="--style qemu: Python with vmharness on execute points (default as --node-python)",
+    )
+    p.add_argument(
+        "--max-age",
+        default="7d",
+        metavar="DURATION",
+        help="rebuild a cached image older than this (default 7d)",
+    )
     p.add_argument("--rebuild", action="store_true", help="rebuild the images first")
-    p.add_argument("--wait", action="store_true",
-                   help="stay until the DAG is done, then show the reports (exit as `run`)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="stay until the DAG is done, then show the reports (exit as `run`)",
+    )
     p.set_defaults(func=cmd_submit)
 
-    p = cmd("resubmit", "run again on the pool the runs of a finished DAG that died "
-                        "(DAGMan's rescue DAG)")
+    p = cmd(
+        "resubmit",
+        "run again on the pool the runs of a finished DAG that died (DAGMan's rescue DAG)",
+    )
     p.add_argument("rundir", type=Path, help=RUNDIR_HELP)
-    p.add_argument("--pool", nargs="?", const="", default="", metavar="ADDRESS",
-                   help="collector of the pool to submit to (default: the local schedd)")
+    p.add_argument(
+        "--pool",
+        nargs="?",
+        const="",
+        default="",
+        metavar="ADDRESS",
+        help="collector of the pool to submit to (default: the local schedd)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="with --wait: the results JSON")
-    p.add_argument("--wait", action="store_true",
-                   help="stay until the DAG is done, then show the reports (exit as `run`)")
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="stay until the DAG is done, then show the reports (exit as `run`)",
+    )
     p.set_defaults(func=cmd_resubmit)
 
     p = cmd("status", "progress of a submitted run folder: runs, jobs, held jobs and why")
@@ -389,8 +558,11 @@ def _condor_parsers(cmd) -> None:
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the status as JSON")
     p.set_defaults(func=cmd_status)
 
-    p = cmd("run-one", "boot one prepared VM from its job description (what --style qemu jobs "
-                       "run on execute points; see docs/condor.md)")
+    p = cmd(
+        "run-one",
+        "boot one prepared VM from its job description (what --style qemu jobs "
+        "run on execute points; see docs/condor.md)",
+    )
     p.add_argument("job", type=Path, help="job.json written by the DAG's prep node")
     p.set_defaults(func=cmd_run_one)
 
@@ -422,12 +594,20 @@ def cmd_submit(args: argparse.Namespace) -> int:
     from .rundir import RunFolder, images_for
 
     opts = condor.SubmitOptions(
-        style=args.style, pool=args.pool or None, boot=args.boot, delivery=args.image_delivery,
-        image_store=args.image_store, image_url=args.image_url, retries=args.retries,
-        prep_maxjobs=args.prep_maxjobs, requirements=args.requirements,
+        style=args.style,
+        pool=args.pool or None,
+        boot=args.boot,
+        delivery=args.image_delivery,
+        image_store=args.image_store,
+        image_url=args.image_url,
+        retries=args.retries,
+        prep_maxjobs=args.prep_maxjobs,
+        requirements=args.requirements,
         held_max_s=parse_duration(args.held_max, field="--held-max"),
         queue_max_s=parse_duration(args.queue_max, field="--queue-max"),
-        node_python=args.node_python or "", job_python=args.job_python or "")
+        node_python=args.node_python or "",
+        job_python=args.job_python or "",
+    )
     spec, runs = _load(args, need_images=True)
     schedd = condor.connect(opts.pool)
     warning = condor.vm_universe_warning(opts.pool) if opts.style == "vm" else None
@@ -437,8 +617,10 @@ def cmd_submit(args: argparse.Namespace) -> int:
     cache = ImageCache()
     images = images_for(runs, cache, console, max_age_s=_max_age(args), rebuild=args.rebuild)
     done = condor.submit(folder, runs, images, opts, schedd, condor.cache_content_names(cache))
-    console.print(f"submitted {done.runs} run(s) as DAG cluster {done.cluster} "
-                  f"(--style {opts.style}) in {sum(done.seconds.values()):.1f}s")
+    console.print(
+        f"submitted {done.runs} run(s) as DAG cluster {done.cluster} "
+        f"(--style {opts.style}) in {sum(done.seconds.values()):.1f}s"
+    )
     console.print(f"run folder: [bold]{done.run_dir}[/]  DAG: {done.dag_file}")
     console.print(f"follow it:  vmharness status {done.run_dir}")
     about = {"cluster": done.cluster, "dag": str(done.dag_file), "style": opts.style}
@@ -490,13 +672,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     folder = RunFolder.open(args.rundir)
     if folder.db.meta().get("backend") != "condor":
-        raise UsageError(f"{args.rundir} was not submitted to a pool",
-                         hint="`vmharness report RUNDIR` shows a local run folder")
+        raise UsageError(
+            f"{args.rundir} was not submitted to a pool",
+            hint="`vmharness report RUNDIR` shows a local run folder",
+        )
     st = condor.status(folder)
     console.print(condor.progress_line(st), highlight=False)
     for layer, counts in sorted(st.jobs.items()):
-        console.print(f"  {layer} jobs: " + ", ".join(f"{n} {s}" for s, n in
-                                                      sorted(counts.items())), highlight=False)
+        console.print(
+            f"  {layer} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
+            highlight=False,
+        )
     if st.held:
         table = Table(title=f"{len(st.held)} held job(s)")
         for col in ("run", "job", "held since", "hold reason"):
@@ -529,9 +715,12 @@ def cmd_dag_node(args: argparse.Namespace) -> int:
     if args.node_command == "pre":
         return condor_node.node_pre(args.rundir, args.node)
     if args.node_command == "post":
-        return condor_node.node_post(args.rundir, args.node, args.retry, args.max_retries,
-                                     args.job_id)
+        return condor_node.node_post(
+            args.rundir, args.node, args.retry, args.max_retries, args.job_id
+        )
     return condor_node.node_final(args.rundir)
+
+
 # == end of the HTCondor backend block ==========================================================
 
 

@@ -44,15 +44,28 @@ class ImageRef:
 
     @classmethod
     def from_cache(cls, image: BaseImage) -> ImageRef:
-        return cls(disk=image.disk, kernel=image.kernel, initrd=image.initrd,
-                   cmdline=image.cmdline, apt_source=image.apt_source, suite=image.suite,
-                   label=f"{image.recipe} {image.sha256[:12]}")
+        return cls(
+            disk=image.disk,
+            kernel=image.kernel,
+            initrd=image.initrd,
+            cmdline=image.cmdline,
+            apt_source=image.apt_source,
+            suite=image.suite,
+            label=f"{image.recipe} {image.sha256[:12]}",
+        )
 
     @classmethod
     def given(cls, path: Path) -> ImageRef:
         # A user's image boots from its own disk and keeps its own package sources.
-        return cls(disk=path, kernel=None, initrd=None, cmdline="", apt_source="", suite="",
-                   label=path.name)
+        return cls(
+            disk=path,
+            kernel=None,
+            initrd=None,
+            cmdline="",
+            apt_source="",
+            suite="",
+            label=path.name,
+        )
 
 
 @dataclass
@@ -107,8 +120,14 @@ def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[V
     return job, {"disks": time.monotonic() - t0}
 
 
-def collect(run: Run, job: VMJob, outcome: VMOutcome, ctx: RunContext, attempt: int,
-            phases: dict[str, float]) -> RunResult:
+def collect(
+    run: Run,
+    job: VMJob,
+    outcome: VMOutcome,
+    ctx: RunContext,
+    attempt: int,
+    phases: dict[str, float],
+) -> RunResult:
     """Extract the output disk and decide the run's verdict. Never raises on guest data."""
     log_dir = log_dir_for(ctx.run_dir, run)
     t0 = time.monotonic()
@@ -116,18 +135,25 @@ def collect(run: Run, job: VMJob, outcome: VMOutcome, ctx: RunContext, attempt: 
     if out_dir.exists():
         shutil.rmtree(out_dir)
     extraction = extract(job.output_disk, out_dir, total_limit=run.vm.output_size_mib << 20)
-    phases = {**phases, **outcome.phases, "vm": outcome.seconds,
-              "extraction": time.monotonic() - t0}
+    phases = {
+        **phases,
+        **outcome.phases,
+        "vm": outcome.seconds,
+        "extraction": time.monotonic() - t0,
+    }
     result = decide(run, outcome, extraction, out_dir, job.console_log, ctx)
     result.attempt = attempt
     result.log_dir = str(log_dir.relative_to(ctx.run_dir))
     result.phases.update({k: round(v, 3) for k, v in phases.items()})
     # Making a snapshot is paid by the run that needed it first: part of its time.
-    result.duration_s = round(sum(v for k, v in phases.items() if k in
-                                  ("disks", "vm", "extraction", "snapshot")), 3)
+    result.duration_s = round(
+        sum(v for k, v in phases.items() if k in ("disks", "vm", "extraction", "snapshot")), 3
+    )
     if extraction.skipped:
-        _write_lines(log_dir / "extraction-skipped.txt",
-                     [f"{path}: {why}" for path, why in extraction.skipped])
+        _write_lines(
+            log_dir / "extraction-skipped.txt",
+            [f"{path}: {why}" for path, why in extraction.skipped],
+        )
     # The disks are scratch once read; an unreadable output disk is kept for a post-mortem.
     job.input_disk.unlink(missing_ok=True)
     if extraction.error is None:
@@ -136,17 +162,28 @@ def collect(run: Run, job: VMJob, outcome: VMOutcome, ctx: RunContext, attempt: 
     return result
 
 
-def execute(run: Run, image: ImageRef, ctx: RunContext, vm: VMExecutor,
-            attempt: int = 1) -> RunResult:
+def execute(
+    run: Run, image: ImageRef, ctx: RunContext, vm: VMExecutor, attempt: int = 1
+) -> RunResult:
     job, phases = prepare(run, image, ctx, attempt)
     outcome = vm(job)
     return collect(run, job, outcome, ctx, attempt, phases)
 
 
-def decide(run: Run, outcome: VMOutcome, extraction: Extraction, out_dir: Path,
-           console_log: Path, ctx: RunContext) -> RunResult:
-    base = {"run_id": run.id, "accelerator": outcome.accelerator, "host": outcome.host,
-            "boot": outcome.boot}
+def decide(
+    run: Run,
+    outcome: VMOutcome,
+    extraction: Extraction,
+    out_dir: Path,
+    console_log: Path,
+    ctx: RunContext,
+) -> RunResult:
+    base = {
+        "run_id": run.id,
+        "accelerator": outcome.accelerator,
+        "host": outcome.host,
+        "boot": outcome.boot,
+    }
 
     def verdict(status: str, reason: str, **extra: object) -> RunResult:
         return RunResult(status=status, reason=reason, **base, **extra)  # type: ignore[arg-type]
@@ -160,15 +197,19 @@ def decide(run: Run, outcome: VMOutcome, extraction: Extraction, out_dir: Path,
         return verdict("died", extraction.error)
     if agent is None:
         return verdict("died", _why_no_result(out_dir, console_log))
-    versions = {k: str(agent[k]) for k in ("kernel", "agent_version", "hostname")
-                if isinstance(agent.get(k), str)}
+    versions = {
+        k: str(agent[k])
+        for k in ("kernel", "agent_version", "hostname")
+        if isinstance(agent.get(k), str)
+    }
     phases = {}
     for p in agent.get("phases", []) if isinstance(agent.get("phases"), list) else []:
         if isinstance(p, dict) and isinstance(p.get("duration_s"), (int, float)):
             phases[f"guest:{str(p.get('name'))[:40]}"] = float(p["duration_s"])
     # A restored VM did not boot for this run: its time to start is the host's "restore".
-    if isinstance(agent.get("boot_uptime_s"), (int, float)) and \
-            not agent.get("restored_from_snapshot"):
+    if isinstance(agent.get("boot_uptime_s"), (int, float)) and not agent.get(
+        "restored_from_snapshot"
+    ):
         phases["boot"] = float(agent["boot_uptime_s"])
     failed = agent.get("failed_phase")
     error = str(agent.get("error") or "")[:500]
@@ -178,18 +219,33 @@ def decide(run: Run, outcome: VMOutcome, extraction: Extraction, out_dir: Path,
         return verdict("died", f"agent: {error or failed}", versions=versions, phases=phases)
     code = agent.get("test_exit_code")
     code = code if isinstance(code, int) else None
-    parsed = parse_results(out_dir / "test", run.test.format, run.test.results,
-                           log_file=out_dir / "test.log")
+    parsed = parse_results(
+        out_dir / "test", run.test.format, run.test.results, log_file=out_dir / "test.log"
+    )
     counts = parsed.counts if parsed else TestCounts()
     problems = list(parsed.problems) if parsed else []
     if agent.get("test_timed_out"):
-        return verdict("timeout", f"test still running after its timeout of "
-                       f"{run.test.timeout_s}s; killed by the agent", counts=counts,
-                       problems=problems, versions=versions, phases=phases, exit_code=code)
-    status, reason = classify(parsed, exit_code=code, known_failures=ctx.known_failures,
-                              today=ctx.today)
-    return verdict(status, reason, counts=counts, problems=problems, versions=versions,
-                   phases=phases, exit_code=code)
+        return verdict(
+            "timeout",
+            f"test still running after its timeout of {run.test.timeout_s}s; killed by the agent",
+            counts=counts,
+            problems=problems,
+            versions=versions,
+            phases=phases,
+            exit_code=code,
+        )
+    status, reason = classify(
+        parsed, exit_code=code, known_failures=ctx.known_failures, today=ctx.today
+    )
+    return verdict(
+        status,
+        reason,
+        counts=counts,
+        problems=problems,
+        versions=versions,
+        phases=phases,
+        exit_code=code,
+    )
 
 
 def _read_result_json(path: Path) -> dict | None:
@@ -215,8 +271,10 @@ def _why_no_result(out_dir: Path, console_log: Path) -> str:
         line = next((ln for ln in console.splitlines() if "Kernel panic" in ln), "")
         return f"guest kernel panic: {line.split('] ', 1)[-1].strip()[:200]} (see console.log)"
     if (out_dir / "agent.log").exists():
-        return "the agent stopped without writing result.json (it crashed or was killed); " \
-               "see output/agent.log and console.log"
+        return (
+            "the agent stopped without writing result.json (it crashed or was killed); "
+            "see output/agent.log and console.log"
+        )
     if "vmharness-agent" in console:
         return "the agent started but could not write to the output disk; see console.log"
     return "the agent never started (boot failed?); see console.log"

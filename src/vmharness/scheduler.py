@@ -49,8 +49,9 @@ def parallel_slots(runs: list[Run], requested: int | None = None) -> tuple[int, 
     limit = min(by_cpu, by_memory)
     if requested:
         n = min(requested, by_memory)
-        why = f"{n} at once (asked {requested}" + (f", memory allows {by_memory})"
-                                                     if requested > by_memory else ")")
+        why = f"{n} at once (asked {requested}" + (
+            f", memory allows {by_memory})" if requested > by_memory else ")"
+        )
         return n, why
     return limit, f"{limit} at once ({cores} cores, memory for {by_memory})"
 
@@ -72,8 +73,14 @@ class Progress:
             now = time.monotonic()
             for run_id, (run, start, attempt) in sorted(self.running.items()):
                 state = "running" + (f" (attempt {attempt})" if attempt > 1 else "")
-                t.add_row(run_id, run.platform.name, run.source.label, run.package_set.label,
-                          f"[yellow]{state}", f"{now - start:5.0f}s")
+                t.add_row(
+                    run_id,
+                    run.platform.name,
+                    run.source.label,
+                    run.package_set.label,
+                    f"[yellow]{state}",
+                    f"{now - start:5.0f}s",
+                )
             counts: dict[str, int] = {}
             for r in self.done.values():
                 counts[r.status] = counts.get(r.status, 0) + 1
@@ -110,8 +117,12 @@ def run_matrix(
         try:
             result = execute(run, images[run.platform.name], ctx, vm, attempt)
         except Exception as exc:  # our side failed (disk tools, qemu missing): infra, retry
-            result = RunResult(run_id=run.id, status="died", attempt=attempt,
-                               reason=f"vmharness could not run it: {exc}")
+            result = RunResult(
+                run_id=run.id,
+                status="died",
+                attempt=attempt,
+                reason=f"vmharness could not run it: {exc}",
+            )
         infra_before = db.count_attempts(run.id, "died")
         final = result.status not in INFRA or infra_before + 1 > retries
         if not final:
@@ -126,8 +137,17 @@ def run_matrix(
         return result
 
     queue = list(todo)
-    live = Live(progress.table(), console=console, refresh_per_second=2,
-                transient=True, auto_refresh=False) if console.is_terminal else None
+    live = (
+        Live(
+            progress.table(),
+            console=console,
+            refresh_per_second=2,
+            transient=True,
+            auto_refresh=False,
+        )
+        if console.is_terminal
+        else None
+    )
     with ThreadPoolExecutor(max_workers=slots) as pool:
         pending: dict[Future[RunResult], Run] = {}
         if live:

@@ -431,9 +431,14 @@ class _Doc:
         for key in required:
             if key not in out:
                 sub = f"{fld}.{key}" if fld else key
-                raise self.error(at or node, sub, f"missing required key '{key}'",
-                                 hint=f"add `{key}:` under `{fld}:`" if fld else
-                                 f"add a top-level `{key}:` section (README: the spec)")
+                raise self.error(
+                    at or node,
+                    sub,
+                    f"missing required key '{key}'",
+                    hint=f"add `{key}:` under `{fld}:`"
+                    if fld
+                    else f"add a top-level `{key}:` section (README: the spec)",
+                )
         return out
 
 

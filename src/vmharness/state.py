@@ -52,8 +52,9 @@ CREATE TABLE IF NOT EXISTS attempts (
 class RunDB:
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / DB_NAME
-        self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                    check_same_thread=False)
+        self.conn = sqlite3.connect(
+            self.path, timeout=60, isolation_level=None, check_same_thread=False
+        )
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.executescript(_SCHEMA)
@@ -66,8 +67,10 @@ class RunDB:
         if not (run_dir / DB_NAME).is_file():
             from .errors import UsageError
 
-            raise UsageError(f"{run_dir} is not a vmharness run folder (no {DB_NAME})",
-                             hint="give the folder that `vmharness run` or `submit` printed")
+            raise UsageError(
+                f"{run_dir} is not a vmharness run folder (no {DB_NAME})",
+                hint="give the folder that `vmharness run` or `submit` printed",
+            )
         return cls(run_dir)
 
     def close(self) -> None:
@@ -104,7 +107,8 @@ class RunDB:
             c.executemany(
                 "INSERT OR IGNORE INTO runs (id, seq, run_json, state, updated) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(r.id, i, json.dumps(run_to_dict(r)), PENDING, now) for i, r in enumerate(runs)])
+                [(r.id, i, json.dumps(run_to_dict(r)), PENDING, now) for i, r in enumerate(runs)],
+            )
 
     def runs(self) -> list[Run]:
         rows = self._query("SELECT run_json FROM runs ORDER BY seq")
@@ -124,12 +128,16 @@ class RunDB:
         with self.tx() as c:
             ids = [i for (i,) in c.execute("SELECT id FROM runs WHERE state = ?", (RUNNING,))]
             for run_id in ids:
-                c.execute("UPDATE attempts SET ended = ?, status = 'interrupted', "
-                          "reason = 'vmharness stopped during the run' "
-                          "WHERE run_id = ? AND ended IS NULL", (now, run_id))
+                c.execute(
+                    "UPDATE attempts SET ended = ?, status = 'interrupted', "
+                    "reason = 'vmharness stopped during the run' "
+                    "WHERE run_id = ? AND ended IS NULL",
+                    (now, run_id),
+                )
                 # It stays recorded; only `died` attempts count against the retry budget.
-                c.execute("UPDATE runs SET state = ?, updated = ? WHERE id = ?",
-                          (PENDING, now, run_id))
+                c.execute(
+                    "UPDATE runs SET state = ?, updated = ? WHERE id = ?", (PENDING, now, run_id)
+                )
         return ids
 
     def start_attempt(self, run_id: str, host: str = "") -> int:
@@ -137,42 +145,58 @@ class RunDB:
         with self.tx() as c:
             (attempts,) = c.execute("SELECT attempts FROM runs WHERE id = ?", (run_id,)).fetchone()
             attempt = attempts + 1
-            c.execute("UPDATE runs SET state = ?, attempts = ?, updated = ? WHERE id = ?",
-                      (RUNNING, attempt, now, run_id))
-            c.execute("INSERT INTO attempts (run_id, attempt, started, host) "
-                      "VALUES (?, ?, ?, ?)", (run_id, attempt, now, host))
+            c.execute(
+                "UPDATE runs SET state = ?, attempts = ?, updated = ? WHERE id = ?",
+                (RUNNING, attempt, now, run_id),
+            )
+            c.execute(
+                "INSERT INTO attempts (run_id, attempt, started, host) VALUES (?, ?, ?, ?)",
+                (run_id, attempt, now, host),
+            )
         return attempt
 
     def finish_attempt(self, result: RunResult, *, final: bool) -> None:
         """Record an attempt's verdict. final=False leaves the run pending for a retry."""
         now = time.time()
         with self.tx() as c:
-            c.execute("UPDATE attempts SET ended = ?, status = ?, reason = ?, host = ? "
-                      "WHERE run_id = ? AND attempt = ?",
-                      (now, result.status, result.reason, result.host, result.run_id,
-                       result.attempt))
-            c.execute("UPDATE runs SET state = ?, status = ?, result_json = ?, updated = ? "
-                      "WHERE id = ?",
-                      ("done" if final else PENDING, result.status,
-                       json.dumps(asdict(result)), now, result.run_id))
+            c.execute(
+                "UPDATE attempts SET ended = ?, status = ?, reason = ?, host = ? "
+                "WHERE run_id = ? AND attempt = ?",
+                (now, result.status, result.reason, result.host, result.run_id, result.attempt),
+            )
+            c.execute(
+                "UPDATE runs SET state = ?, status = ?, result_json = ?, updated = ? WHERE id = ?",
+                (
+                    "done" if final else PENDING,
+                    result.status,
+                    json.dumps(asdict(result)),
+                    now,
+                    result.run_id,
+                ),
+            )
 
     def reset(self, run_ids: Iterable[str]) -> None:
         """Make runs pending again on purpose (rerun); their old attempts stay recorded."""
         now = time.time()
         with self.tx() as c:
             for run_id in run_ids:
-                c.execute("UPDATE runs SET state = ?, status = NULL, result_json = NULL, "
-                          "updated = ? WHERE id = ?", (PENDING, now, run_id))
+                c.execute(
+                    "UPDATE runs SET state = ?, status = NULL, result_json = NULL, "
+                    "updated = ? WHERE id = ?",
+                    (PENDING, now, run_id),
+                )
 
     def count_attempts(self, run_id: str, status: str) -> int:
-        ((n,),) = self._query("SELECT COUNT(*) FROM attempts WHERE run_id = ? AND status = ?",
-                              (run_id, status))
+        ((n,),) = self._query(
+            "SELECT COUNT(*) FROM attempts WHERE run_id = ? AND status = ?", (run_id, status)
+        )
         return n
 
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
         cols = ["attempt", "started", "ended", "status", "reason", "host"]
-        rows = self._query(f"SELECT {', '.join(cols)} FROM attempts WHERE run_id = ? "
-                           "ORDER BY attempt", (run_id,))
+        rows = self._query(
+            f"SELECT {', '.join(cols)} FROM attempts WHERE run_id = ? ORDER BY attempt", (run_id,)
+        )
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
 

@@ -57,8 +57,10 @@ QEMU_OVERHEAD_MIB = 256  # qemu's own memory beyond the guest's (see VM-GAHP.md,
 JOB_MARGIN_S = 600  # --style qemu: run-one stops the VM itself; the hold is only a backstop
 # Holds a retry can fix: file transfer failures (12 output, 13 input) except a file that is
 # not there (errno 2) or not readable (13), and the host-side wall-clock hold is never released.
-RETRYABLE_HOLDS = "(HoldReasonCode == 12 || (HoldReasonCode == 13 && " \
-                  "HoldReasonSubCode != 2 && HoldReasonSubCode != 13))"
+RETRYABLE_HOLDS = (
+    "(HoldReasonCode == 12 || (HoldReasonCode == 13 && "
+    "HoldReasonSubCode != 2 && HoldReasonSubCode != 13))"
+)
 POOL_ENV_PYTHON = "VMHARNESS_POOL_PYTHON"
 POOL_ENV_DAGMAN = "VMHARNESS_POOL_DAGMAN"
 POOL_ENV_USER = "VMHARNESS_POOL_USER"
@@ -90,13 +92,17 @@ class SubmitOptions:
         if self.delivery not in DELIVERIES:
             raise UsageError(f"--image-delivery must be one of {', '.join(DELIVERIES)}")
         if self.delivery == "url" and not self.image_url:
-            raise UsageError("--image-delivery url needs --image-url (where the image store "
-                             "is published, e.g. https://host/vmharness-images/)")
+            raise UsageError(
+                "--image-delivery url needs --image-url (where the image store "
+                "is published, e.g. https://host/vmharness-images/)"
+            )
         if self.delivery == "shared" and self.style == "vm":
-            raise UsageError("--style vm writes to its vda (the base image); it must travel "
-                             "with the job (--image-delivery transfer or url), not be shared",
-                             hint="use --style qemu with a shared image store, where each run "
-                                  "writes to its own overlay")
+            raise UsageError(
+                "--style vm writes to its vda (the base image); it must travel "
+                "with the job (--image-delivery transfer or url), not be shared",
+                hint="use --style qemu with a shared image store, where each run "
+                "writes to its own overlay",
+            )
         default_py = os.environ.get(POOL_ENV_PYTHON) or sys.executable
         self.node_python = self.node_python or default_py
         self.job_python = self.job_python or default_py
@@ -147,8 +153,10 @@ def bindings():
     try:
         import htcondor2
     except ImportError as exc:
-        raise InfraError(f"the HTCondor Python bindings are not installed ({exc})",
-                         hint="pip install 'vmharness[condor]' (module htcondor2)") from None
+        raise InfraError(
+            f"the HTCondor Python bindings are not installed ({exc})",
+            hint="pip install 'vmharness[condor]' (module htcondor2)",
+        ) from None
     return htcondor2
 
 
@@ -156,8 +164,10 @@ def connect(pool: str | None):
     """The schedd to submit to, checked to answer now: InfraError (exit 3) when it does not."""
     htcondor = bindings()
     where = f"the pool at {pool}" if pool else "the local schedd"
-    hint = ("is the pool up? (`scripts/condor-pool status`; CONDOR_CONFIG="
-            f"{os.environ.get('CONDOR_CONFIG', 'unset')}); give a collector with --pool ADDRESS")
+    hint = (
+        "is the pool up? (`scripts/condor-pool status`; CONDOR_CONFIG="
+        f"{os.environ.get('CONDOR_CONFIG', 'unset')}); give a collector with --pool ADDRESS"
+    )
     try:
         if pool:
             ad = htcondor.Collector(pool).locate(htcondor.DaemonType.Schedd)
@@ -177,18 +187,22 @@ def vm_universe_warning(pool: str | None) -> str | None:
     htcondor = bindings()
     try:
         ads = htcondor.Collector(pool or None).query(
-            htcondor.AdType.Startd, constraint="HasVM =?= true", projection=["Name"])
+            htcondor.AdType.Startd, constraint="HasVM =?= true", projection=["Name"]
+        )
     except Exception:  # noqa: BLE001 - only a hint; the submit itself decides
         return None
     if ads:
         return None
-    return ("no execute point of this pool offers VM universe (no slot has HasVM): the VM jobs "
-            "will wait in the queue until one does; --style qemu runs where qemu is installed")
+    return (
+        "no execute point of this pool offers VM universe (no slot has HasVM): the VM jobs "
+        "will wait in the queue until one does; --style qemu runs where qemu is installed"
+    )
 
 
 # -- images -----------------------------------------------------------------------------------
-def stage_images(images: dict[str, ImageRef], store: Path,
-                 content_names: dict[Path, str] | None = None) -> dict[str, StagedImage]:
+def stage_images(
+    images: dict[str, ImageRef], store: Path, content_names: dict[Path, str] | None = None
+) -> dict[str, StagedImage]:
     """Put each platform's image into `store` under a content-addressed name (hard link when
     the store is on the cache's filesystem, else a copy; a name already there is reused)."""
     store.mkdir(parents=True, exist_ok=True)
@@ -204,11 +218,21 @@ def stage_images(images: dict[str, ImageRef], store: Path,
         disk = _put(ref.disk, store / name)
         kernel = _put(ref.kernel, store / f"{stem}.vmlinuz") if ref.kernel else None
         initrd = _put(ref.initrd, store / f"{stem}.initrd.img") if ref.initrd else None
-        s = StagedImage(ref=ImageRef(disk=disk, kernel=kernel, initrd=initrd, cmdline=ref.cmdline,
-                                     apt_source=ref.apt_source, suite=ref.suite, label=ref.label),
-                        name=name, kernel_name=kernel.name if kernel else None,
-                        initrd_name=initrd.name if initrd else None,
-                        size_bytes=disk.stat().st_size)
+        s = StagedImage(
+            ref=ImageRef(
+                disk=disk,
+                kernel=kernel,
+                initrd=initrd,
+                cmdline=ref.cmdline,
+                apt_source=ref.apt_source,
+                suite=ref.suite,
+                label=ref.label,
+            ),
+            name=name,
+            kernel_name=kernel.name if kernel else None,
+            initrd_name=initrd.name if initrd else None,
+            size_bytes=disk.stat().st_size,
+        )
         staged[platform] = done[ref.disk] = s
     return staged
 
@@ -261,20 +285,22 @@ def _node_names(run_ids: list[str]):
 
 def _policy(opts: SubmitOptions, wall_macro: str) -> dict[str, str]:
     """periodic_hold/release/remove: see docs/condor.md, 'Job policy'."""
-    started = ("ifThenElse((JobCurrentStartExecutingDate ?: 0) >= (JobCurrentStartDate ?: 0), "
-               "JobCurrentStartExecutingDate, EnteredCurrentStatus)")
+    started = (
+        "ifThenElse((JobCurrentStartExecutingDate ?: 0) >= (JobCurrentStartDate ?: 0), "
+        "JobCurrentStartExecutingDate, EnteredCurrentStatus)"
+    )
     timeout_hold = f"(HoldReasonCode == 3 && HoldReasonSubCode == {TIMEOUT_HOLD_SUBCODE})"
     return {
         "periodic_hold": f"JobStatus == 2 && (time() - {started}) > {wall_macro}",
         "periodic_hold_reason": f'strcat("vmharness: VM still running after its wall-clock '
-                                f'timeout of ", {wall_macro}, "s")',
+        f'timeout of ", {wall_macro}, "s")',
         "periodic_hold_subcode": str(TIMEOUT_HOLD_SUBCODE),
         "periodic_release": f"NumJobStarts < {opts.release_max} && "
-                            f"(NumHolds ?: 0) < {2 * opts.release_max} && {RETRYABLE_HOLDS} "
-                            f"&& (time() - EnteredCurrentStatus) > 10",
+        f"(NumHolds ?: 0) < {2 * opts.release_max} && {RETRYABLE_HOLDS} "
+        f"&& (time() - EnteredCurrentStatus) > 10",
         "periodic_remove": f"(time() - QDate) > {opts.queue_max_s} || (JobStatus == 5 && "
-                           f"({timeout_hold} || (time() - EnteredCurrentStatus) > "
-                           f"{opts.held_max_s}))",
+        f"({timeout_hold} || (time() - EnteredCurrentStatus) > "
+        f"{opts.held_max_s}))",
     }
 
 
@@ -333,8 +359,11 @@ def _vm_vars(run: Run, image: StagedImage, opts: SubmitOptions) -> dict[str, str
     inputs = ["input.img", "output.img"] + image.inputs(opts, with_kernel)
     if opts.style == "qemu":
         inputs.insert(0, JOB_FILE)
-    disk_kib = (image.size_bytes if opts.delivery != "shared" else 0) // 1024 \
-        + (run.vm.output_size_mib + 64) * 1024 + 65536
+    disk_kib = (
+        (image.size_bytes if opts.delivery != "shared" else 0) // 1024
+        + (run.vm.output_size_mib + 64) * 1024
+        + 65536
+    )
     wall = run.wall_timeout_s + (JOB_MARGIN_S if opts.style == "qemu" else 0)
     v = {
         "vmh_run": run.id,
@@ -383,31 +412,42 @@ exit 0
 """
 
 
-def write_dag(run_dir: Path, runs: list[Run], staged: dict[str, StagedImage],
-              opts: SubmitOptions) -> Path:
+def write_dag(
+    run_dir: Path, runs: list[Run], staged: dict[str, StagedImage], opts: SubmitOptions
+) -> Path:
     """Write the DAG, its submit descriptions, the plan and the job wrapper into RUNDIR/condor."""
     htcondor = bindings()
     from htcondor2 import dags
 
     run_dir = run_dir.resolve()
     if any(c.isspace() for c in str(run_dir)):
-        raise UsageError(f"the run folder's path has white space, which DAG files cannot carry: "
-                         f"{run_dir}", hint="choose another --out")
+        raise UsageError(
+            f"the run folder's path has white space, which DAG files cannot carry: {run_dir}",
+            hint="choose another --out",
+        )
     cdir = run_dir / CONDOR_DIR
     (cdir / "logs").mkdir(parents=True, exist_ok=True)
     plan = {
-        "format": 1, "style": opts.style, "delivery": opts.delivery,
+        "format": 1,
+        "style": opts.style,
+        "delivery": opts.delivery,
         "boot": opts.boot if opts.style == "qemu" else "disk",  # VM universe: no kernel argument
-        "held_max_s": opts.held_max_s, "queue_max_s": opts.queue_max_s,
+        "held_max_s": opts.held_max_s,
+        "queue_max_s": opts.queue_max_s,
         "images": {
             platform: {
-                "disk": str(s.ref.disk), "kernel": str(s.ref.kernel) if s.ref.kernel else None,
-                "initrd": str(s.ref.initrd) if s.ref.initrd else None, "cmdline": s.ref.cmdline,
-                "apt_source": s.ref.apt_source, "suite": s.ref.suite, "label": s.ref.label,
+                "disk": str(s.ref.disk),
+                "kernel": str(s.ref.kernel) if s.ref.kernel else None,
+                "initrd": str(s.ref.initrd) if s.ref.initrd else None,
+                "cmdline": s.ref.cmdline,
+                "apt_source": s.ref.apt_source,
+                "suite": s.ref.suite,
+                "label": s.ref.label,
                 "job_disk": s.for_job(opts, s.ref.disk),
                 "job_kernel": s.for_job(opts, s.ref.kernel),
                 "job_initrd": s.for_job(opts, s.ref.initrd),
-            } for platform, s in staged.items()
+            }
+            for platform, s in staged.items()
         },
     }
     (cdir / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
@@ -421,24 +461,44 @@ def write_dag(run_dir: Path, runs: list[Run], staged: dict[str, StagedImage],
     prep = dag.layer(
         name="prep",
         submit_description=htcondor.Submit(
-            _node_description(run_dir, opts, f"prep {rd} $(vmh_run)",
-                              f"{cdir}/logs/prep-$(vmh_run)")),
+            _node_description(
+                run_dir, opts, f"prep {rd} $(vmh_run)", f"{cdir}/logs/prep-$(vmh_run)"
+            )
+        ),
         vars=[{"vmh_run": r.id} for r in runs],
-        retries=opts.prep_retries, category="prep")
+        retries=opts.prep_retries,
+        category="prep",
+    )
     prep.child_layer(
-        name="vm", edge=dags.OneToOne(),
+        name="vm",
+        edge=dags.OneToOne(),
         submit_description=htcondor.Submit(vm_description(run_dir, opts)),
         vars=[_vm_vars(r, staged[r.platform.name], opts) for r in runs],
-        retries=opts.retries, retry_unless_exit=POST_FAILED,
-        pre=dags.Script(opts.node_python, arguments=[
-            "-m", "vmharness.cli", "dag-node", "pre", rd, "$JOB"]),
-        post=dags.Script(opts.node_python, arguments=[
-            "-m", "vmharness.cli", "dag-node", "post", rd, "$JOB", "$RETRY", "$MAX_RETRIES",
-            "$JOBID"]))
+        retries=opts.retries,
+        retry_unless_exit=POST_FAILED,
+        pre=dags.Script(
+            opts.node_python, arguments=["-m", "vmharness.cli", "dag-node", "pre", rd, "$JOB"]
+        ),
+        post=dags.Script(
+            opts.node_python,
+            arguments=[
+                "-m",
+                "vmharness.cli",
+                "dag-node",
+                "post",
+                rd,
+                "$JOB",
+                "$RETRY",
+                "$MAX_RETRIES",
+                "$JOBID",
+            ],
+        ),
+    )
     final = htcondor.Submit(_node_description(run_dir, opts, f"final {rd}", f"{cdir}/report"))
     dag.final(name="report", submit_description=final)
-    dag_file = dags.write_dag(dag, cdir, dag_file_name=DAG_FILE,
-                              node_name_formatter=_node_names([r.id for r in runs]))
+    dag_file = dags.write_dag(
+        dag, cdir, dag_file_name=DAG_FILE, node_name_formatter=_node_names([r.id for r in runs])
+    )
     (cdir / "report.sub").write_text(str(final))  # the writer only writes layers' files
     # DAG(max_jobs_by_category=...) of the 25.x bindings writes "CATEGORY prep N", which DAGMan
     # rejects; the throttle's own syntax is MAXJOBS.
@@ -468,9 +528,11 @@ def _check_reachable(path: Path, pw: pwd.struct_passwd) -> None:
             continue
         if st.st_mode & 0o010 and st.st_gid == pw.pw_gid:
             continue
-        raise UsageError(f"the pool's account {pw.pw_name} cannot enter {parent} (mode "
-                         f"{st.st_mode & 0o777:o}), so it cannot reach the run folder {path}",
-                         hint="choose an --out under a folder everyone may enter, e.g. /tmp")
+        raise UsageError(
+            f"the pool's account {pw.pw_name} cannot enter {parent} (mode "
+            f"{st.st_mode & 0o777:o}), so it cannot reach the run folder {path}",
+            hint="choose an --out under a folder everyone may enter, e.g. /tmp",
+        )
 
 
 def submit_dag(schedd, dag_file: Path, *, rescue: bool = False) -> int:
@@ -492,12 +554,19 @@ def submit_dag(schedd, dag_file: Path, *, rescue: bool = False) -> int:
     try:
         return schedd.submit(description).cluster()
     except Exception as exc:  # noqa: BLE001
-        raise InfraError(f"the schedd refused the DAG: {exc}",
-                         hint="condor_q -analyze, and the schedd's log") from None
+        raise InfraError(
+            f"the schedd refused the DAG: {exc}", hint="condor_q -analyze, and the schedd's log"
+        ) from None
 
 
-def submit(folder, runs: list[Run], images: dict[str, ImageRef], opts: SubmitOptions, schedd,
-           content_names: dict[Path, str] | None = None) -> Submitted:
+def submit(
+    folder,
+    runs: list[Run],
+    images: dict[str, ImageRef],
+    opts: SubmitOptions,
+    schedd,
+    content_names: dict[Path, str] | None = None,
+) -> Submitted:
     """Stage the images, write the DAG, hand the folder to the pool's account, submit."""
     t0 = time.monotonic()
     run_dir = folder.path.resolve()
@@ -505,16 +574,27 @@ def submit(folder, runs: list[Run], images: dict[str, ImageRef], opts: SubmitOpt
     staged = stage_images(images, store, content_names)
     t1 = time.monotonic()
     dag_file = write_dag(run_dir, runs, staged, opts)
-    folder.db.set_meta(condor={"style": opts.style, "delivery": opts.delivery,
-                               "image_store": str(store), "pool": opts.pool or "local"})
+    folder.db.set_meta(
+        condor={
+            "style": opts.style,
+            "delivery": opts.delivery,
+            "image_store": str(store),
+            "pool": opts.pool or "local",
+        }
+    )
     if opts.owner:
         give_to(opts.owner, run_dir, store)
     t2 = time.monotonic()
     cluster = submit_dag(schedd, dag_file)
     folder.db.set_meta(condor_cluster=cluster)
     t3 = time.monotonic()
-    return Submitted(run_dir=run_dir, dag_file=dag_file, cluster=cluster, runs=len(runs),
-                     seconds={"images": t1 - t0, "dag": t2 - t1, "submit": t3 - t2})
+    return Submitted(
+        run_dir=run_dir,
+        dag_file=dag_file,
+        cluster=cluster,
+        runs=len(runs),
+        seconds={"images": t1 - t0, "dag": t2 - t1, "submit": t3 - t2},
+    )
 
 
 def resubmit(folder, schedd) -> int:
@@ -562,13 +642,18 @@ class Status:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "run_dir": str(self.run_dir), "dag": {"state": self.dag_state, "exit_code":
-                                                  self.dag_exit, "cluster": self.dag_cluster},
+            "run_dir": str(self.run_dir),
+            "dag": {
+                "state": self.dag_state,
+                "exit_code": self.dag_exit,
+                "cluster": self.dag_cluster,
+            },
             "jobs": {k: dict(v) for k, v in self.jobs.items()},
             "held": [vars(h) for h in self.held],
             "removed": [{"run": r, "reason": why} for r, why in self.removed],
             "failed": [{"node": n, "reason": why} for n, why in self.failed],
-            "runs": {"total": self.total, **dict(self.runs)}, "statuses": dict(self.statuses),
+            "runs": {"total": self.total, **dict(self.runs)},
+            "statuses": dict(self.statuses),
         }
 
 
@@ -578,8 +663,12 @@ def status(folder) -> Status:
     T = htcondor.JobEventType
     cdir = folder.path / CONDOR_DIR
     meta = folder.db.meta()
-    st = Status(run_dir=folder.path, dag_state="not submitted", dag_exit=None,
-                dag_cluster=meta.get("condor_cluster"))
+    st = Status(
+        run_dir=folder.path,
+        dag_state="not submitted",
+        dag_exit=None,
+        dag_cluster=meta.get("condor_cluster"),
+    )
     dag_log = cdir / f"{DAG_FILE}.dagman.log"
     if dag_log.is_file():
         st.dag_state = "queued"
@@ -609,9 +698,14 @@ def status(folder) -> Status:
             node = node_of.get(key)
             if node is None:
                 continue
-            new = {T.EXECUTE: "running", T.JOB_HELD: "held", T.JOB_RELEASED: "idle",
-                   T.JOB_EVICTED: "idle", T.JOB_TERMINATED: "done",
-                   T.JOB_ABORTED: "removed"}.get(ev.type)
+            new = {
+                T.EXECUTE: "running",
+                T.JOB_HELD: "held",
+                T.JOB_RELEASED: "idle",
+                T.JOB_EVICTED: "idle",
+                T.JOB_TERMINATED: "done",
+                T.JOB_ABORTED: "removed",
+            }.get(ev.type)
             if new and state_of[node][0] not in ("done", "failed"):  # (ended jobs are
                 # "aborted" again when DAGMan leaves the queue)
                 why = ""
@@ -632,8 +726,9 @@ def status(folder) -> Status:
         layer, _, run_id = node.rpartition("-")
         st.jobs.setdefault(layer or node, Counter())[state] += 1
         if state == "held":
-            st.held.append(Held(run=run_id, node=node, job=f"{key[0]}.{key[1]}", reason=why,
-                                since=when))
+            st.held.append(
+                Held(run=run_id, node=node, job=f"{key[0]}.{key[1]}", reason=why, since=when)
+            )
         elif state == "removed" and layer == "vm":
             st.removed.append((run_id, why))
         elif state == "failed":
@@ -647,8 +742,13 @@ def status(folder) -> Status:
     return st
 
 
-def wait(folder, *, poll_s: float = 2.0, say: Callable[[str], None] = lambda _m: None,
-         timeout_s: float | None = None) -> Status:
+def wait(
+    folder,
+    *,
+    poll_s: float = 2.0,
+    say: Callable[[str], None] = lambda _m: None,
+    timeout_s: float | None = None,
+) -> Status:
     """Block until DAGMan has left the queue; say() a progress line whenever it changes."""
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     last = ""
@@ -661,16 +761,19 @@ def wait(folder, *, poll_s: float = 2.0, say: Callable[[str], None] = lambda _m:
         if st.finished:
             return st
         if deadline is not None and time.monotonic() > deadline:
-            raise InfraError(f"the DAG did not finish within {timeout_s:.0f}s",
-                             hint=f"vmharness status {folder.path}")
+            raise InfraError(
+                f"the DAG did not finish within {timeout_s:.0f}s",
+                hint=f"vmharness status {folder.path}",
+            )
         time.sleep(poll_s)
 
 
 def progress_line(st: Status) -> str:
     vm = st.jobs.get("vm", Counter())
-    parts = [f"DAG {st.dag_state}" + (f" (exit {st.dag_exit})" if st.dag_exit is not None
-                                      else ""),
-             f"runs {st.runs.get('done', 0)}/{st.total} done"]
+    parts = [
+        f"DAG {st.dag_state}" + (f" (exit {st.dag_exit})" if st.dag_exit is not None else ""),
+        f"runs {st.runs.get('done', 0)}/{st.total} done",
+    ]
     if vm:
         parts.append("VM jobs " + ", ".join(f"{n} {s}" for s, n in sorted(vm.items())))
     if st.statuses:
@@ -682,9 +785,25 @@ def remove(folder, schedd=None, reason: str = "removed by vmharness") -> None:
     """Remove the DAG (DAGMan removes its node jobs) and anything else of this run folder."""
     htcondor = bindings()
     schedd = schedd or htcondor.Schedd()
-    schedd.act(htcondor.JobAction.Remove,
-               f"VmharnessRunDir == {json.dumps(str(folder.path.resolve()))}", reason=reason)
+    schedd.act(
+        htcondor.JobAction.Remove,
+        f"VmharnessRunDir == {json.dumps(str(folder.path.resolve()))}",
+        reason=reason,
+    )
 
 
-__all__ = ["SubmitOptions", "Status", "Submitted", "cache_content_names", "connect", "host_of",
-           "remove", "resubmit", "stage_images", "status", "submit", "wait", "write_dag"]
+__all__ = [
+    "SubmitOptions",
+    "Status",
+    "Submitted",
+    "cache_content_names",
+    "connect",
+    "host_of",
+    "remove",
+    "resubmit",
+    "stage_images",
+    "status",
+    "submit",
+    "wait",
+    "write_dag",
+]

@@ -55,15 +55,33 @@ SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 # -- the job description -----------------------------------------------------------------------
-def job_to_json(job: VMJob, *, run_id: str, attempt: int, base: str, kernel: str | None,
-                initrd: str | None, phases: dict[str, float]) -> dict[str, Any]:
+def job_to_json(
+    job: VMJob,
+    *,
+    run_id: str,
+    attempt: int,
+    base: str,
+    kernel: str | None,
+    initrd: str | None,
+    phases: dict[str, float],
+) -> dict[str, Any]:
     """The description of a prepared VM job as the execute point sees it."""
     return {
-        "format": JOB_FORMAT, "run_id": run_id, "attempt": attempt, "name": job.name,
-        "base_disk": base, "kernel": kernel, "initrd": initrd, "cmdline": job.cmdline,
-        "input_disk": job.input_disk.name, "output_disk": job.output_disk.name,
-        "console_log": "console.log", "memory_mib": job.memory_mib, "cpus": job.cpus,
-        "network": job.network, "wall_timeout_s": job.wall_timeout_s,
+        "format": JOB_FORMAT,
+        "run_id": run_id,
+        "attempt": attempt,
+        "name": job.name,
+        "base_disk": base,
+        "kernel": kernel,
+        "initrd": initrd,
+        "cmdline": job.cmdline,
+        "input_disk": job.input_disk.name,
+        "output_disk": job.output_disk.name,
+        "console_log": "console.log",
+        "memory_mib": job.memory_mib,
+        "cpus": job.cpus,
+        "network": job.network,
+        "wall_timeout_s": job.wall_timeout_s,
         "phases": {k: round(v, 3) for k, v in phases.items()},
     }
 
@@ -82,13 +100,20 @@ def job_in(desc: dict[str, Any], sandbox: Path) -> VMJob:
         return None if not name else sandbox / name  # an absolute name stays as it is
 
     return VMJob(
-        name=str(desc["name"]), base_disk=sandbox / desc["base_disk"],
-        kernel=where(desc.get("kernel")), initrd=where(desc.get("initrd")),
-        cmdline=str(desc.get("cmdline") or ""), input_disk=sandbox / desc["input_disk"],
-        output_disk=sandbox / desc["output_disk"], workdir=sandbox / "vm",
+        name=str(desc["name"]),
+        base_disk=sandbox / desc["base_disk"],
+        kernel=where(desc.get("kernel")),
+        initrd=where(desc.get("initrd")),
+        cmdline=str(desc.get("cmdline") or ""),
+        input_disk=sandbox / desc["input_disk"],
+        output_disk=sandbox / desc["output_disk"],
+        workdir=sandbox / "vm",
         console_log=sandbox / desc.get("console_log", "console.log"),
-        memory_mib=int(desc["memory_mib"]), cpus=int(desc["cpus"]),
-        network=str(desc["network"]), wall_timeout_s=int(desc["wall_timeout_s"]))
+        memory_mib=int(desc["memory_mib"]),
+        cpus=int(desc["cpus"]),
+        network=str(desc["network"]),
+        wall_timeout_s=int(desc["wall_timeout_s"]),
+    )
 
 
 # -- execute side -------------------------------------------------------------------------------
@@ -108,16 +133,23 @@ def run_one(job_file: Path, say=lambda _m: None) -> int:
         job = job_in(read_job(job_file), sandbox)
         job.console_log.touch()
         if job.kernel is not None:
-            cache = Path(os.environ.get("VMHARNESS_CACHE")
-                         or Path(tempfile.gettempdir()) / f"vmharness-{os.getuid()}")
+            cache = Path(
+                os.environ.get("VMHARNESS_CACHE")
+                or Path(tempfile.gettempdir()) / f"vmharness-{os.getuid()}"
+            )
             accel = local.choose_accelerator(job.kernel, cache, say=say)
         else:  # booting the image's own loader: no kernel to probe KVM with
             accel = "kvm" if os.environ.get(local.ACCEL_ENV) == "kvm" else "tcg"
             say(f"accelerator {accel} (no kernel to probe KVM with)")
         outcome = local.run_vm(job, accel)
     except Exception as exc:  # noqa: BLE001 - whatever it was, the submit side must learn it
-        outcome = VMOutcome(ended="error", seconds=time.monotonic() - t0, accelerator="",
-                            reason=f"vmharness run-one failed: {exc}", host=host_platform.node())
+        outcome = VMOutcome(
+            ended="error",
+            seconds=time.monotonic() - t0,
+            accelerator="",
+            reason=f"vmharness run-one failed: {exc}",
+            host=host_platform.node(),
+        )
     finally:
         shutil.rmtree(sandbox / "vm", ignore_errors=True)
     _write_json(outcome_path, {"format": JOB_FORMAT, **asdict(outcome)})
@@ -132,11 +164,14 @@ def read_outcome(path: Path) -> VMOutcome | None:
         if ended not in ("poweroff", "timeout", "error"):
             return None
         code = data.get("exit_code")
-        return VMOutcome(ended=ended, seconds=float(data.get("seconds") or 0.0),
-                         accelerator=str(data.get("accelerator") or "")[:40],
-                         reason=str(data.get("reason") or "")[:2000],
-                         exit_code=code if isinstance(code, int) else None,
-                         host=str(data.get("host") or "")[:200])
+        return VMOutcome(
+            ended=ended,
+            seconds=float(data.get("seconds") or 0.0),
+            accelerator=str(data.get("accelerator") or "")[:40],
+            reason=str(data.get("reason") or "")[:2000],
+            exit_code=code if isinstance(code, int) else None,
+            host=str(data.get("host") or "")[:200],
+        )
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
@@ -201,9 +236,13 @@ def read_history(log: Path, job_id: str = "") -> JobHistory:
             hist.started, hist.starts = event.timestamp, hist.starts + 1
             hist.host = host_of(str(event.get("ExecuteHost", "")))
         elif event.type == T.JOB_HELD:
-            hist.holds.append((str(event.get("HoldReason", "held")),
-                               int(event.get("HoldReasonCode", 0) or 0),
-                               int(event.get("HoldReasonSubCode", 0) or 0)))
+            hist.holds.append(
+                (
+                    str(event.get("HoldReason", "held")),
+                    int(event.get("HoldReasonCode", 0) or 0),
+                    int(event.get("HoldReasonSubCode", 0) or 0),
+                )
+            )
         elif event.type == T.JOB_TERMINATED:
             hist.terminated, hist.ended = True, event.timestamp
             if event.get("TerminatedNormally", True):
@@ -222,39 +261,66 @@ def removal_reason(hist: JobHistory, plan: dict[str, Any] | None = None) -> str:
     if "PeriodicRemove" in why:  # our own policy (see condor.py, _policy)
         if hist.holds:
             held_max = plan.get("held_max_s")
-            return (f"held for longer than {held_max}s (--held-max) and removed; hold reason: "
-                    if held_max is not None else "held too long and removed; hold reason: ") \
-                + hist.last_hold
+            return (
+                f"held for longer than {held_max}s (--held-max) and removed; hold reason: "
+                if held_max is not None
+                else "held too long and removed; hold reason: "
+            ) + hist.last_hold
         return f"in the queue for longer than {plan.get('queue_max_s', '?')}s (--queue-max)"
     text = f"removed ({why})" if why else "removed (condor_rm; no reason given)"
     return text + (f"; it had been held: {hist.last_hold}" if hist.holds else "")
 
 
-def outcome_from(hist: JobHistory, outcome: VMOutcome | None, style: str,
-                 plan: dict[str, Any] | None = None) -> VMOutcome:
+def outcome_from(
+    hist: JobHistory, outcome: VMOutcome | None, style: str, plan: dict[str, Any] | None = None
+) -> VMOutcome:
     """How the VM ended, from what run-one wrote (qemu style) or the job's events alone."""
     seconds = (hist.ended - hist.started) if hist.ended and hist.started else 0.0
     if hist.aborted:
         if hist.timed_out:
-            return VMOutcome(ended="timeout", seconds=seconds, accelerator="", host=hist.host,
-                             reason=hist.last_hold)
-        return VMOutcome(ended="error", seconds=seconds, accelerator="", host=hist.host,
-                         reason=f"HTCondor job {hist.job_id}: {removal_reason(hist, plan)}")
+            return VMOutcome(
+                ended="timeout",
+                seconds=seconds,
+                accelerator="",
+                host=hist.host,
+                reason=hist.last_hold,
+            )
+        return VMOutcome(
+            ended="error",
+            seconds=seconds,
+            accelerator="",
+            host=hist.host,
+            reason=f"HTCondor job {hist.job_id}: {removal_reason(hist, plan)}",
+        )
     if not hist.terminated:
-        return VMOutcome(ended="error", seconds=seconds, accelerator="", host=hist.host,
-                         reason=f"the HTCondor job {hist.job_id or '(none)'} left no end in its "
-                                "event log (was it ever submitted? see condor/*.dagman.out)")
+        return VMOutcome(
+            ended="error",
+            seconds=seconds,
+            accelerator="",
+            host=hist.host,
+            reason=f"the HTCondor job {hist.job_id or '(none)'} left no end in its "
+            "event log (was it ever submitted? see condor/*.dagman.out)",
+        )
     if outcome is not None:
         outcome.host = hist.host or outcome.host  # the execute point's name in the pool
         return outcome
     if style == "vm":  # VM universe: the job ends when the guest powers off
         ok = hist.return_value == 0
-        return VMOutcome(ended="poweroff" if ok else "error", seconds=seconds,
-                         accelerator="kvm (vm universe)", host=hist.host,
-                         reason="" if ok else f"VM universe job ended with {hist.return_value}")
-    return VMOutcome(ended="error", seconds=seconds, accelerator="", host=hist.host,
-                     reason=f"the job came back without {OUTCOME_FILE} (exit code "
-                            f"{hist.return_value}); see console.log")
+        return VMOutcome(
+            ended="poweroff" if ok else "error",
+            seconds=seconds,
+            accelerator="kvm (vm universe)",
+            host=hist.host,
+            reason="" if ok else f"VM universe job ended with {hist.return_value}",
+        )
+    return VMOutcome(
+        ended="error",
+        seconds=seconds,
+        accelerator="",
+        host=hist.host,
+        reason=f"the job came back without {OUTCOME_FILE} (exit code "
+        f"{hist.return_value}); see console.log",
+    )
 
 
 # -- submit side: the plan and the nodes ------------------------------------------------------
@@ -266,9 +332,15 @@ def _image_ref(plan: dict[str, Any], platform: str):
     from ..runner import ImageRef
 
     i = plan["images"][platform]
-    return ImageRef(disk=Path(i["disk"]), kernel=Path(i["kernel"]) if i.get("kernel") else None,
-                    initrd=Path(i["initrd"]) if i.get("initrd") else None, cmdline=i["cmdline"],
-                    apt_source=i["apt_source"], suite=i["suite"], label=i["label"])
+    return ImageRef(
+        disk=Path(i["disk"]),
+        kernel=Path(i["kernel"]) if i.get("kernel") else None,
+        initrd=Path(i["initrd"]) if i.get("initrd") else None,
+        cmdline=i["cmdline"],
+        apt_source=i["apt_source"],
+        suite=i["suite"],
+        label=i["label"],
+    )
 
 
 def _open(run_dir: Path, run_id: str):
@@ -292,9 +364,15 @@ def prepare_attempt(folder, run, plan: dict[str, Any]) -> int:
     job, phases = runner.prepare(run, image, ctx, attempt)
     i = plan["images"][run.platform.name]
     use_kernel = job.kernel is not None
-    desc = job_to_json(job, run_id=run.id, attempt=attempt, base=i["job_disk"],
-                       kernel=i.get("job_kernel") if use_kernel else None,
-                       initrd=i.get("job_initrd") if use_kernel else None, phases=phases)
+    desc = job_to_json(
+        job,
+        run_id=run.id,
+        attempt=attempt,
+        base=i["job_disk"],
+        kernel=i.get("job_kernel") if use_kernel else None,
+        initrd=i.get("job_initrd") if use_kernel else None,
+        phases=phases,
+    )
     _write_json(job.workdir / JOB_FILE, desc)
     folder.db.start_attempt(run.id)
     return attempt
@@ -318,8 +396,12 @@ def node_pre(run_dir: Path, node: str) -> int:
     state, attempts = db.states()[run_id]
     db.close()
     try:
-        ready = read_job(work / JOB_FILE).get("attempt") == attempts and state == "running" \
-            and (work / "input.img").is_file() and (work / "output.img").is_file()
+        ready = (
+            read_job(work / JOB_FILE).get("attempt") == attempts
+            and state == "running"
+            and (work / "input.img").is_file()
+            and (work / "output.img").is_file()
+        )
     except (OSError, ValueError):
         ready = False
     if not ready:
@@ -349,19 +431,31 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     hist = _wait_for_end(log_dir / JOB_LOG, job_id)
     attempt = int(desc["attempt"]) if desc else max(1, folder.db.states()[run.id][1])
     if desc is None:
-        result = RunResult(run_id=run.id, status="died", attempt=attempt, reason=why,
-                           host=hist.host)
+        result = RunResult(
+            run_id=run.id, status="died", attempt=attempt, reason=why, host=hist.host
+        )
     else:
         outcome = outcome_from(hist, read_outcome(work / OUTCOME_FILE), plan["style"], plan)
         job = job_in(desc, work)
         job = replace(job, console_log=log_dir / "console.log")
         try:
-            result = runner.collect(run, job, outcome, folder.context(plan.get("boot", "kernel")),
-                                    attempt, dict(desc.get("phases") or {}))
+            result = runner.collect(
+                run,
+                job,
+                outcome,
+                folder.context(plan.get("boot", "kernel")),
+                attempt,
+                dict(desc.get("phases") or {}),
+            )
         except Exception as exc:  # noqa: BLE001 - an unreadable result is the run's, not ours
-            result = RunResult(run_id=run.id, status="died", attempt=attempt, host=outcome.host,
-                               accelerator=outcome.accelerator,
-                               reason=f"vmharness could not read what came back: {exc}")
+            result = RunResult(
+                run_id=run.id,
+                status="died",
+                attempt=attempt,
+                host=outcome.host,
+                accelerator=outcome.accelerator,
+                reason=f"vmharness could not read what came back: {exc}",
+            )
     result.hold_reason = hist.last_hold[:2000]
     if hist.job_id:
         result.versions = {**result.versions, "condor_job": hist.job_id}
@@ -402,14 +496,24 @@ def close_unfinished(folder) -> list[str]:
         if state == "done":
             continue
         if state == "pending" and attempts == 0:
-            why = (f"it never ran: its prep node failed (see {CONDOR_DIR}/logs/prep-{run_id}.err)"
-                   " or the DAG was removed first")
+            why = (
+                f"it never ran: its prep node failed (see {CONDOR_DIR}/logs/prep-{run_id}.err)"
+                " or the DAG was removed first"
+            )
         else:
-            why = ("its VM job never came to a verdict: the DAG was removed, or the POST "
-                   f"script failed (see {CONDOR_DIR}/*.dagman.out)")
-        folder.db.finish_attempt(RunResult(run_id=run_id, status="died", attempt=max(1, attempts),
-                                           reason=f"no verdict when the DAG ended: {why}"),
-                                 final=True)
+            why = (
+                "its VM job never came to a verdict: the DAG was removed, or the POST "
+                f"script failed (see {CONDOR_DIR}/*.dagman.out)"
+            )
+        folder.db.finish_attempt(
+            RunResult(
+                run_id=run_id,
+                status="died",
+                attempt=max(1, attempts),
+                reason=f"no verdict when the DAG ended: {why}",
+            ),
+            final=True,
+        )
         closed.append(run_id)
     return closed
 
@@ -453,8 +557,9 @@ def _wait_for_end(log: Path, job_id: str) -> JobHistory:
 def _system_path() -> None:
     # Nodes run with a bare environment; the disk tools live in sbin.
     have = os.environ.get("PATH", "").split(":")
-    os.environ["PATH"] = ":".join([p for p in have if p] +
-                                  [p for p in SYSTEM_PATH.split(":") if p not in have])
+    os.environ["PATH"] = ":".join(
+        [p for p in have if p] + [p for p in SYSTEM_PATH.split(":") if p not in have]
+    )
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

@@ -69,8 +69,10 @@ class VMInterrupted(BaseException):
 @functools.cache
 def qemu_version() -> str:
     if not shutil.which(QEMU):
-        raise InfraError(f"{QEMU} is not installed",
-                         hint="sudo apt-get install qemu-system-x86 qemu-utils (or `make setup`)")
+        raise InfraError(
+            f"{QEMU} is not installed",
+            hint="sudo apt-get install qemu-system-x86 qemu-utils (or `make setup`)",
+        )
     out = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout
     return out.splitlines()[0] if out else "unknown"
 
@@ -90,8 +92,13 @@ def choose_accelerator(kernel: Path | None, cache_dir: Path, *, say=lambda _m: N
     if not os.access("/dev/kvm", os.R_OK | os.W_OK):
         say("accelerator tcg: /dev/kvm is not usable here (software emulation, slower)")
         return "tcg"
-    ident = {"host": platform.node(), "kernel": platform.release(), "qemu": qemu_version(),
-             "probe_kernel": str(kernel), "probe_kernel_mtime": kernel.stat().st_mtime}
+    ident = {
+        "host": platform.node(),
+        "kernel": platform.release(),
+        "qemu": qemu_version(),
+        "probe_kernel": str(kernel),
+        "probe_kernel_mtime": kernel.stat().st_mtime,
+    }
     cache = cache_dir / "accelerator.json"
     with contextlib.suppress(OSError, ValueError, KeyError):
         saved = json.loads(cache.read_text())
@@ -112,15 +119,36 @@ def _probe_kvm(kernel: Path) -> tuple[str, str]:
     # root fs" panic in well under a second, and -no-reboot ends qemu. A broken one hangs.
     with tempfile.TemporaryDirectory(prefix="vmh-probe-") as tmp:
         console = Path(tmp) / "console.log"
-        cmd = [QEMU, "-machine", "q35,accel=kvm", "-cpu", "host", "-m", "256", "-smp", "1",
-               "-nodefaults", "-display", "none", "-no-reboot", "-kernel", str(kernel),
-               "-append", "console=ttyS0 panic=-1 loglevel=4", "-serial", f"file:{console}"]
+        cmd = [
+            QEMU,
+            "-machine",
+            "q35,accel=kvm",
+            "-cpu",
+            "host",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            str(kernel),
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=4",
+            "-serial",
+            f"file:{console}",
+        ]
         t0 = time.monotonic()
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            return "tcg", f"a probe guest hung under KVM for {PROBE_TIMEOUT_S}s; using software " \
-                          "emulation (slower)"
+            return (
+                "tcg",
+                f"a probe guest hung under KVM for {PROBE_TIMEOUT_S}s; using software "
+                "emulation (slower)",
+            )
         seconds = time.monotonic() - t0
         text = console.read_text(errors="replace") if console.exists() else ""
         if "Kernel panic" in text or "VFS:" in text:
@@ -131,11 +159,17 @@ def _probe_kvm(kernel: Path) -> tuple[str, str]:
 
 def qemu_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> list[str]:
     """A VM that boots: the machine with the run's disks attached from the start."""
-    return _machine(job, accel, overlay, qmp_socket, job.console_log) + [
-        "-drive", f"file={_opt(job.input_disk)},if=virtio,format=raw,readonly=on",
-        # writeback: what the guest wrote is in the file even if qemu is killed at the timeout
-        "-drive", f"file={_opt(job.output_disk)},if=virtio,format=raw,cache=writeback",
-    ] + _kernel_args(job, job.cmdline)
+    return (
+        _machine(job, accel, overlay, qmp_socket, job.console_log)
+        + [
+            "-drive",
+            f"file={_opt(job.input_disk)},if=virtio,format=raw,readonly=on",
+            # writeback: what the guest wrote is in the file even if qemu is killed at the timeout
+            "-drive",
+            f"file={_opt(job.output_disk)},if=virtio,format=raw,cache=writeback",
+        ]
+        + _kernel_args(job, job.cmdline)
+    )
 
 
 def _opt(path: Path) -> str:
@@ -143,8 +177,9 @@ def _opt(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
-def _warm_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path,
-                  console: Path) -> list[str]:
+def _warm_command(
+    job: VMJob, accel: str, overlay: Path, qmp_socket: Path, console: Path
+) -> list[str]:
     """The VM a snapshot is made from, and restored into: no run disks, two free PCIe ports.
 
     Making and restoring must use this same command (devices and their order): a migration
@@ -152,23 +187,51 @@ def _warm_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path,
     ports: list[str] = []
     for n, (port, _node) in enumerate(RUN_DISK_PORTS, start=1):
         ports += ["-device", f"pcie-root-port,id={port},chassis={n},slot={n}"]
-    return (_machine(job, accel, overlay, qmp_socket, console, console_append=True) + ports
-            + _kernel_args(job, f"{job.cmdline} {SNAPSHOT_FLAG}"))
+    return (
+        _machine(job, accel, overlay, qmp_socket, console, console_append=True)
+        + ports
+        + _kernel_args(job, f"{job.cmdline} {SNAPSHOT_FLAG}")
+    )
 
 
-def _machine(job: VMJob, accel: str, overlay: Path, qmp_socket: Path, console: Path, *,
-             console_append: bool = False) -> list[str]:
+def _machine(
+    job: VMJob,
+    accel: str,
+    overlay: Path,
+    qmp_socket: Path,
+    console: Path,
+    *,
+    console_append: bool = False,
+) -> list[str]:
     cpu = "host" if accel == "kvm" else "max"
     append = ",append=on" if console_append else ""
     cmd = [
-        QEMU, "-name", job.name, "-machine", f"q35,accel={accel}", "-cpu", cpu,
-        "-m", str(job.memory_mib), "-smp", str(job.cpus),
-        "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
-        "-chardev", f"file,id=vmh-serial,path={_opt(console)}{append}",
-        "-serial", "chardev:vmh-serial",
-        "-qmp", f"unix:{_opt(qmp_socket)},server=on,wait=off",
-        "-drive", f"file={_opt(overlay)},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
-        "-device", "virtio-rng-pci",
+        QEMU,
+        "-name",
+        job.name,
+        "-machine",
+        f"q35,accel={accel}",
+        "-cpu",
+        cpu,
+        "-m",
+        str(job.memory_mib),
+        "-smp",
+        str(job.cpus),
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-no-user-config",
+        "-chardev",
+        f"file,id=vmh-serial,path={_opt(console)}{append}",
+        "-serial",
+        "chardev:vmh-serial",
+        "-qmp",
+        f"unix:{_opt(qmp_socket)},server=on,wait=off",
+        "-drive",
+        f"file={_opt(overlay)},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+        "-device",
+        "virtio-rng-pci",
     ]
     if job.network == "user":
         cmd += ["-nic", "user,model=virtio-net-pci"]
@@ -207,8 +270,7 @@ def _run_booting(job: VMJob, accel: str) -> VMOutcome:
     _create_overlay(job.base_disk, overlay)
     with _qmp_dir() as qmp_socket:
         try:
-            return _run_qemu(job, accel, qemu_command(job, accel, overlay, qmp_socket),
-                             qmp_socket)
+            return _run_qemu(job, accel, qemu_command(job, accel, overlay, qmp_socket), qmp_socket)
         finally:
             overlay.unlink(missing_ok=True)  # the run's writes to the root disk are thrown away
 
@@ -227,8 +289,9 @@ class _RestoreFailed(Exception):
         self.snapshot_bad = snapshot_bad
 
 
-def _run_from_snapshot(job: VMJob, accel: str,
-                       store: SnapshotStore) -> tuple[VMOutcome | None, str]:
+def _run_from_snapshot(
+    job: VMJob, accel: str, store: SnapshotStore
+) -> tuple[VMOutcome | None, str]:
     """The run, restored from its shape's snapshot (made now if there is none).
 
     Returns no outcome, and why, when the run should boot instead: the snapshot could not be
@@ -256,9 +319,16 @@ def _run_from_snapshot(job: VMJob, accel: str,
         restore_s: list[float] = []
         with _qmp_dir() as qmp_socket:
             cmd = _warm_command(job, accel, overlay, qmp_socket, job.console_log) + [
-                "-incoming", "defer"]
-            outcome = _run_qemu(job, accel, cmd, qmp_socket, started=lambda proc: restore_s.append(
-                _restore(job, proc, qmp_socket, snap)))
+                "-incoming",
+                "defer",
+            ]
+            outcome = _run_qemu(
+                job,
+                accel,
+                cmd,
+                qmp_socket,
+                started=lambda proc: restore_s.append(_restore(job, proc, qmp_socket, snap)),
+            )
     except _RestoreFailed as exc:
         if _stopping.is_set():  # we stopped it (Ctrl-C): the snapshot is not to blame
             raise VMInterrupted(job.name) from exc
@@ -276,8 +346,9 @@ def _run_from_snapshot(job: VMJob, accel: str,
     return outcome, ""
 
 
-def _snapshot_for(job: VMJob, accel: str, store: SnapshotStore, key: str,
-                  shape: dict) -> tuple[Snapshot, float]:
+def _snapshot_for(
+    job: VMJob, accel: str, store: SnapshotStore, key: str, shape: dict
+) -> tuple[Snapshot, float]:
     """The snapshot for `key`, and the seconds spent making it here (0 if it was there)."""
     snap = store.find(key)
     if snap is not None:
@@ -302,26 +373,50 @@ def _snapshot_for(job: VMJob, accel: str, store: SnapshotStore, key: str,
 
 
 def _snapshot_shape(job: VMJob, accel: str) -> dict:
-    return snapshot_shape(job.base_disk, job.kernel, job.initrd, job.cmdline, accel,
-                          memory_mib=job.memory_mib, cpus=job.cpus, network=job.network)
+    return snapshot_shape(
+        job.base_disk,
+        job.kernel,
+        job.initrd,
+        job.cmdline,
+        accel,
+        memory_mib=job.memory_mib,
+        cpus=job.cpus,
+        network=job.network,
+    )
 
 
-def snapshot_shape(disk: Path, kernel: Path | None, initrd: Path | None, cmdline: str,
-                   accel: str, *, memory_mib: int, cpus: int, network: str) -> dict:
+def snapshot_shape(
+    disk: Path,
+    kernel: Path | None,
+    initrd: Path | None,
+    cmdline: str,
+    accel: str,
+    *,
+    memory_mib: int,
+    cpus: int,
+    network: str,
+) -> dict:
     """Everything a snapshot depends on: another value of any of these needs another one.
 
     The host is part of it: a cache shared between machines (NFS homes) must not give one
     machine's saved CPU state (`-cpu host` under KVM) to another."""
     return {
-        "image": str(disk), "image_mtime": disk.stat().st_mtime,
-        "image_folder": disk.parent.name, "kernel": str(kernel), "initrd": str(initrd),
-        "cmdline": cmdline, "qemu": qemu_version(), "host": platform.node(), "accel": accel,
-        "memory_mib": memory_mib, "cpus": cpus, "network": network,
+        "image": str(disk),
+        "image_mtime": disk.stat().st_mtime,
+        "image_folder": disk.parent.name,
+        "kernel": str(kernel),
+        "initrd": str(initrd),
+        "cmdline": cmdline,
+        "qemu": qemu_version(),
+        "host": platform.node(),
+        "accel": accel,
+        "memory_mib": memory_mib,
+        "cpus": cpus,
+        "network": network,
     }
 
 
-def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
-                   shape: dict) -> Snapshot:
+def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str, shape: dict) -> Snapshot:
     """Boot a VM of the job's shape with no run disks, wait for its agent to say it is ready,
     and save it: memory and devices to `state`, its root overlay beside."""
     work = store.workdir(key)
@@ -329,8 +424,7 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
         overlay, console = work / "booted.qcow2", work / "console.log"
         _create_overlay(job.base_disk, overlay)
         with _qmp_dir() as qmp_socket:
-            proc = _start(_warm_command(job, accel, overlay, qmp_socket, console), work,
-                          qmp_socket)
+            proc = _start(_warm_command(job, accel, overlay, qmp_socket, console), work, qmp_socket)
             try:
                 _wait_for_marker(proc, console, READY_MARKER, SNAPSHOT_BOOT_TIMEOUT_S)
                 qmp = _connect(qmp_socket, proc)
@@ -360,15 +454,17 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str,
     except Exception as exc:  # QMP errors too: whatever it was, the run can still boot
         if _stopping.is_set():  # we stopped it (Ctrl-C): not the snapshot's failure
             raise VMInterrupted(job.name) from exc
-        raise _SnapshotFailed(f"{type(exc).__name__}: {exc}" if not isinstance(
-            exc, _SnapshotFailed) else str(exc)) from exc
+        raise _SnapshotFailed(
+            f"{type(exc).__name__}: {exc}" if not isinstance(exc, _SnapshotFailed) else str(exc)
+        ) from exc
     finally:
         if work.exists():
             shutil.rmtree(work, ignore_errors=True)
 
 
-def _wait_for_marker(proc: subprocess.Popen[bytes], console: Path, marker: bytes,
-                     timeout_s: float, offset: int = 0) -> None:
+def _wait_for_marker(
+    proc: subprocess.Popen[bytes], console: Path, marker: bytes, timeout_s: float, offset: int = 0
+) -> None:
     """Until the guest's agent writes `marker` on the serial console (after `offset`)."""
     deadline = time.monotonic() + timeout_s
     seen = b""
@@ -381,20 +477,23 @@ def _wait_for_marker(proc: subprocess.Popen[bytes], console: Path, marker: bytes
         if marker in seen:
             return
         if proc.poll() is not None:
-            raise _SnapshotFailed(f"the VM ended (qemu exit code {proc.returncode}) before its "
-                                  f"agent said {marker.decode()!r}; last console lines: "
-                                  f"{_tail(seen)}")
+            raise _SnapshotFailed(
+                f"the VM ended (qemu exit code {proc.returncode}) before its "
+                f"agent said {marker.decode()!r}; last console lines: "
+                f"{_tail(seen)}"
+            )
         time.sleep(0.02)
-    raise _SnapshotFailed(f"the agent did not say {marker.decode()!r} within {timeout_s:.0f}s; "
-                          f"last console lines: {_tail(seen)}")
+    raise _SnapshotFailed(
+        f"the agent did not say {marker.decode()!r} within {timeout_s:.0f}s; "
+        f"last console lines: {_tail(seen)}"
+    )
 
 
 def _tail(text: bytes) -> str:
     return " | ".join(text.decode(errors="replace").strip().splitlines()[-3:]) or "(none)"
 
 
-def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path,
-             snap: Snapshot) -> float:
+def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path, snap: Snapshot) -> float:
     """Load the snapshot into the waiting qemu, plug in the run's disks, and let it go.
     Returns the seconds it took."""
     t0 = time.monotonic()
@@ -407,9 +506,15 @@ def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path,
             raise _RestoreFailed(f"{type(exc).__name__}: {exc}", snapshot_bad=True) from exc
         disks = ((job.output_disk, False), (job.input_disk, True))
         for (port, node), (path, read_only) in zip(RUN_DISK_PORTS, disks, strict=True):
-            qmp.cmd("blockdev-add", **{"node-name": node, "driver": "raw",
-                                       "read-only": read_only,
-                                       "file": {"driver": "file", "filename": str(path)}})
+            qmp.cmd(
+                "blockdev-add",
+                **{
+                    "node-name": node,
+                    "driver": "raw",
+                    "read-only": read_only,
+                    "file": {"driver": "file", "filename": str(path)},
+                },
+            )
             qmp.cmd("device_add", driver="virtio-blk-pci", drive=node, bus=port, id=f"{node}-disk")
         console_size = job.console_log.stat().st_size
         qmp.cmd("cont")
@@ -420,18 +525,27 @@ def _restore(job: VMJob, proc: subprocess.Popen[bytes], qmp_socket: Path,
     finally:
         _close(qmp)
     try:
-        _wait_for_marker(proc, job.console_log, DISKS_FOUND_MARKER,
-                         min(DISKS_FOUND_TIMEOUT_S, job.wall_timeout_s), offset=console_size)
+        _wait_for_marker(
+            proc,
+            job.console_log,
+            DISKS_FOUND_MARKER,
+            min(DISKS_FOUND_TIMEOUT_S, job.wall_timeout_s),
+            offset=console_size,
+        )
     except _SnapshotFailed as exc:
         if proc.poll() is not None:  # it ended on its own (a panic?): judged as any run
             return time.monotonic() - t0
-        raise _RestoreFailed(f"{exc} (can its kernel see hot-plugged PCIe disks?)",
-                             snapshot_bad=True) from exc
+        raise _RestoreFailed(
+            f"{exc} (can its kernel see hot-plugged PCIe disks?)", snapshot_bad=True
+        ) from exc
     return time.monotonic() - t0
 
 
-def _wait_migration(qmp: QEMUMonitorProtocol, proc: subprocess.Popen[bytes],
-                    error: type[Exception] = _SnapshotFailed) -> None:
+def _wait_migration(
+    qmp: QEMUMonitorProtocol,
+    proc: subprocess.Popen[bytes],
+    error: type[Exception] = _SnapshotFailed,
+) -> None:
     deadline = time.monotonic() + MIGRATION_TIMEOUT_S
     while time.monotonic() < deadline:
         status = qmp.cmd("query-migrate")
@@ -445,8 +559,9 @@ def _wait_migration(qmp: QEMUMonitorProtocol, proc: subprocess.Popen[bytes],
     raise error(f"migration not done after {MIGRATION_TIMEOUT_S}s")
 
 
-def _connect(qmp_socket: Path, proc: subprocess.Popen[bytes],
-             error: type[Exception] = _SnapshotFailed) -> QEMUMonitorProtocol:
+def _connect(
+    qmp_socket: Path, proc: subprocess.Popen[bytes], error: type[Exception] = _SnapshotFailed
+) -> QEMUMonitorProtocol:
     deadline = time.monotonic() + 30
     while True:
         if qmp_socket.exists():  # qemu listens on it from its start (wait=off)
@@ -486,8 +601,13 @@ def _start(cmd: list[str], workdir: Path, qmp_socket: Path) -> subprocess.Popen[
         if _stopping.is_set():
             raise VMInterrupted(cmd[cmd.index("-name") + 1])
         with open(workdir / "qemu-stderr.log", "wb") as err:
-            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err,
-                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         _running[proc.pid] = (proc, qmp_socket)
     return proc
 
@@ -499,8 +619,7 @@ def _forget(proc: subprocess.Popen[bytes], qmp_socket: Path) -> None:
         _running.pop(proc.pid, None)
 
 
-def _run_qemu(job: VMJob, accel: str, cmd: list[str], qmp_socket: Path,
-              started=None) -> VMOutcome:
+def _run_qemu(job: VMJob, accel: str, cmd: list[str], qmp_socket: Path, started=None) -> VMOutcome:
     t0 = time.monotonic()
     proc = _start(cmd, job.workdir, qmp_socket)
     try:
@@ -524,8 +643,14 @@ def _run_qemu(job: VMJob, accel: str, cmd: list[str], qmp_socket: Path,
         stderr = (job.workdir / "qemu-stderr.log").read_text(errors="replace")
         tail = stderr.strip().splitlines()[-3:]
         reason = f"qemu exited with code {code}: {' '.join(tail) or 'no message'}"
-    return VMOutcome(ended=ended, seconds=seconds, accelerator=accel, reason=reason,
-                     exit_code=code, host=platform.node())
+    return VMOutcome(
+        ended=ended,
+        seconds=seconds,
+        accelerator=accel,
+        reason=reason,
+        exit_code=code,
+        host=platform.node(),
+    )
 
 
 def stop_all() -> int:
@@ -541,8 +666,11 @@ def stop_all() -> int:
 
 def _create_overlay(base: Path, overlay: Path) -> None:
     overlay.unlink(missing_ok=True)
-    proc = subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
-                           str(base), str(overlay)], capture_output=True, text=True)
+    proc = subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise InfraError(f"cannot create an overlay on {base}: {proc.stderr.strip()}")
 

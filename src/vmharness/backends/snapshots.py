@@ -103,8 +103,10 @@ class SnapshotStore:
     def _set_aside(self, folder: Path) -> None:
         # Renamed first (atomic: no run finds half of it), removed after.
         if folder.exists():
-            trash = folder.with_name(f"{folder.name}.discarded-{os.getpid()}-"
-                                     f"{threading.get_ident()}-{time.monotonic_ns()}")
+            trash = folder.with_name(
+                f"{folder.name}.discarded-{os.getpid()}-"
+                f"{threading.get_ident()}-{time.monotonic_ns()}"
+            )
             with contextlib.suppress(OSError):
                 folder.rename(trash)
                 remove_read_only(trash)
@@ -129,8 +131,9 @@ class SnapshotStore:
         return work
 
     def publish(self, key: str, work: Path, meta: dict) -> Snapshot:
-        (work / "snapshot.json").write_text(json.dumps({**meta, "made_at": time.time()},
-                                                       indent=2) + "\n")
+        (work / "snapshot.json").write_text(
+            json.dumps({**meta, "made_at": time.time()}, indent=2) + "\n"
+        )
         for path in work.iterdir():
             path.chmod(0o444)
         final = self.root / key
@@ -162,12 +165,20 @@ class SnapshotStore:
 
         Safe beside runs in other processes: a snapshot restored in the last week is kept,
         and one removed under a run's feet only makes that run boot instead."""
-        removed = [snap.folder for image, snaps in self.by_image().items() for snap in snaps
-                   if image not in images_present or _age(snap.folder) > UNUSED_TTL_S]
+        removed = [
+            snap.folder
+            for image, snaps in self.by_image().items()
+            for snap in snaps
+            if image not in images_present or _age(snap.folder) > UNUSED_TTL_S
+        ]
         if self.root.is_dir():
             with contextlib.suppress(OSError):
-                removed += [p for p in self.root.iterdir() if ".discarded-" in p.name or (
-                    p.name.endswith(".failed") and _age(p) > FAILURE_TTL_S)]
+                removed += [
+                    p
+                    for p in self.root.iterdir()
+                    if ".discarded-" in p.name
+                    or (p.name.endswith(".failed") and _age(p) > FAILURE_TTL_S)
+                ]
         tmp = self.root / "tmp"
         if tmp.is_dir():  # one being made holds its lock for minutes at most (boot + save)
             with contextlib.suppress(OSError):

@@ -41,31 +41,61 @@ BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "python3", "ca-certificates", "
 # Boot-time units that do nothing for a one-shot test VM but cost seconds under emulation.
 MASKED_UNITS = (
     # no logins on a test VM (debug mode starts serial-getty@ttyS0 by hand)
-    "getty.target", "getty-static.service",
+    "getty.target",
+    "getty-static.service",
     # kernel interfaces and helpers nothing in a test run needs at boot
-    "systemd-binfmt.service", "proc-sys-fs-binfmt_misc.automount", "dev-hugepages.mount",
-    "dev-mqueue.mount", "sys-kernel-debug.mount", "sys-kernel-tracing.mount",
-    "sys-fs-fuse-connections.mount", "sys-kernel-config.mount", "modprobe@configfs.service",
-    "modprobe@dm_mod.service", "modprobe@fuse.service", "modprobe@loop.service",
-    "modprobe@drm.service", "modprobe@efi_pstore.service", "systemd-pstore.service",
-    "systemd-update-utmp.service", "systemd-update-utmp-runlevel.service",
+    "systemd-binfmt.service",
+    "proc-sys-fs-binfmt_misc.automount",
+    "dev-hugepages.mount",
+    "dev-mqueue.mount",
+    "sys-kernel-debug.mount",
+    "sys-kernel-tracing.mount",
+    "sys-fs-fuse-connections.mount",
+    "sys-kernel-config.mount",
+    "modprobe@configfs.service",
+    "modprobe@dm_mod.service",
+    "modprobe@fuse.service",
+    "modprobe@loop.service",
+    "modprobe@drm.service",
+    "modprobe@efi_pstore.service",
+    "systemd-pstore.service",
+    "systemd-update-utmp.service",
+    "systemd-update-utmp-runlevel.service",
     # periodic maintenance that a throw-away VM never lives long enough for
-    "e2scrub_reap.service", "e2scrub_all.timer", "apt-daily.timer", "apt-daily-upgrade.timer",
-    "fstrim.timer", "dpkg-db-backup.timer", "man-db.timer", "systemd-timesyncd.service",
-    "systemd-networkd-wait-online.service", "systemd-journal-flush.service",
-    "systemd-random-seed.service", "systemd-sysusers.service",
+    "e2scrub_reap.service",
+    "e2scrub_all.timer",
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "fstrim.timer",
+    "dpkg-db-backup.timer",
+    "man-db.timer",
+    "systemd-timesyncd.service",
+    "systemd-networkd-wait-online.service",
+    "systemd-journal-flush.service",
+    "systemd-random-seed.service",
+    "systemd-sysusers.service",
     # udev: coldplugging every device costs ~10 s under emulation and a test VM's devices are
     # known. The agent unmasks and starts it for runs that install packages or use the network.
-    "systemd-udevd.service", "systemd-udev-trigger.service", "systemd-udevd-kernel.socket",
-    "systemd-udevd-control.socket", "systemd-udev-settle.service",
+    "systemd-udevd.service",
+    "systemd-udev-trigger.service",
+    "systemd-udevd-kernel.socket",
+    "systemd-udevd-control.socket",
+    "systemd-udev-settle.service",
     # nothing to load or remount: the root is mounted rw by the initrd, modules load on demand
-    "systemd-modules-load.service", "kmod-static-nodes.service", "systemd-remount-fs.service",
+    "systemd-modules-load.service",
+    "kmod-static-nodes.service",
+    "systemd-remount-fs.service",
 )
 # Initramfs with only what finds the root disk: a 1 MB initrd boots much faster under TCG.
 INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "virtio_scsi")
 REQUIRED_TOOLS = {
-    "mmdebstrap": "mmdebstrap", "sfdisk": "fdisk", "mkfs.fat": "dosfstools", "mcopy": "mtools",
-    "syslinux": "syslinux", "mke2fs": "e2fsprogs", "qemu-img": "qemu-utils",
+    "mmdebstrap": "mmdebstrap",
+    "sfdisk": "fdisk",
+    "mkfs.fat": "dosfstools",
+    "mcopy": "mtools",
+    "syslinux": "syslinux",
+    "mke2fs": "e2fsprogs",
+    "qemu-img": "qemu-utils",
 }
 INITRD_FORMAT = 2  # bump when initrd.py changes what it builds
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
@@ -93,11 +123,13 @@ def check_tools() -> None:
         raise InfraError(
             f"image build needs {', '.join(sorted(missing))}",
             hint=f"install them: sudo apt-get install {' '.join(sorted(set(missing.values())))}"
-                 " (or run `make setup`)",
+            " (or run `make setup`)",
         )
     if os.geteuid() != 0:
-        raise InfraError("building an image needs root (mmdebstrap keeps file ownership)",
-                         hint="run it with sudo, or use `make demo` which does")
+        raise InfraError(
+            "building an image needs root (mmdebstrap keeps file ownership)",
+            hint="run it with sudo, or use `make demo` which does",
+        )
 
 
 def check_mirror(recipe: Recipe, timeout_s: float = 15) -> None:
@@ -117,12 +149,17 @@ def check_mirror(recipe: Recipe, timeout_s: float = 15) -> None:
         raise MirrorUnreachable(
             f"Debian mirror not reachable: {url}: {reason}",
             hint="check the network or set `mirror:` in a recipe file to a reachable mirror; "
-                 "the image cache was not touched",
+            "the image cache was not touched",
         ) from None
 
 
-def build(recipe: Recipe, creds: HostCredentials, workdir: Path, agent_files: dict[str, bytes],
-          progress: Progress) -> BuiltFiles:
+def build(
+    recipe: Recipe,
+    creds: HostCredentials,
+    workdir: Path,
+    agent_files: dict[str, bytes],
+    progress: Progress,
+) -> BuiltFiles:
     """Build the image's files in `workdir` (a fresh private folder). Returns what was made."""
     tree = workdir / "tree"
     overlay = workdir / "overlay"
@@ -132,16 +169,23 @@ def build(recipe: Recipe, creds: HostCredentials, workdir: Path, agent_files: di
     hook.chmod(0o755)
     packages = sorted({recipe.kernel, *BASE_PACKAGES, *recipe.packages})
     cmd = [
-        "mmdebstrap", "--mode=root", "--variant=minbase", "--format=directory",
+        "mmdebstrap",
+        "--mode=root",
+        "--variant=minbase",
+        "--format=directory",
         f"--components={','.join(recipe.components)}",
         f"--include={','.join(packages)}",
         # Docs, man pages and translations are dead weight in a test VM.
-        "--dpkgopt=path-exclude=/usr/share/doc/*", "--dpkgopt=path-exclude=/usr/share/man/*",
-        "--dpkgopt=path-exclude=/usr/share/locale/*", "--dpkgopt=path-exclude=/usr/share/info/*",
+        "--dpkgopt=path-exclude=/usr/share/doc/*",
+        "--dpkgopt=path-exclude=/usr/share/man/*",
+        "--dpkgopt=path-exclude=/usr/share/locale/*",
+        "--dpkgopt=path-exclude=/usr/share/info/*",
         "--dpkgopt=path-include=/usr/share/locale/locale.alias",
         f"--setup-hook={_initramfs_setup_hook()}",
-        f"--customize-hook={hook} \"$1\"",
-        recipe.suite, str(tree), recipe.mirror,
+        f'--customize-hook={hook} "$1"',
+        recipe.suite,
+        str(tree),
+        recipe.mirror,
     ]
     progress(f"mmdebstrap {recipe.suite} from {recipe.mirror} ({len(packages)} packages + deps)")
     _run_logged(cmd, workdir / "mmdebstrap.log", progress)
@@ -185,8 +229,9 @@ def _initramfs_setup_hook() -> str:
     )
 
 
-def _write_overlay(root: Path, recipe: Recipe, creds: HostCredentials,
-                   agent_files: dict[str, bytes]) -> None:
+def _write_overlay(
+    root: Path, recipe: Recipe, creds: HostCredentials, agent_files: dict[str, bytes]
+) -> None:
     def put(rel: str, data: bytes | str, mode: int = 0o644) -> None:
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -196,16 +241,21 @@ def _write_overlay(root: Path, recipe: Recipe, creds: HostCredentials,
     short = recipe.hostname.split(".")[0]
     put("etc/hostname", short + "\n")
     # The fixed name resolves only inside the guest: nothing outside knows it.
-    put("etc/hosts", f"127.0.0.1\tlocalhost\n127.0.1.1\t{recipe.hostname} {short}\n"
-                     "::1\tlocalhost ip6-localhost ip6-loopback\n")
+    put(
+        "etc/hosts",
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{recipe.hostname} {short}\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n",
+    )
     # Empty: the kernel mounts the root rw (cmdline), and no fstab line means systemd does not
     # wait for udev to announce the root device, seconds under emulation.
     put("etc/fstab", "# root is mounted by the kernel (root= rw on the command line)\n")
     # The journal stays in memory; the agent exports it to the output disk as journal.log.
     put("etc/systemd/journald.conf.d/vmharness.conf", "[Journal]\nStorage=volatile\n")
     put("etc/resolv.conf", "nameserver 10.0.2.3\n")  # qemu user-mode NAT's resolver
-    put("etc/systemd/network/80-vmharness.network",
-        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n")
+    put(
+        "etc/systemd/network/80-vmharness.network",
+        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n",
+    )
     put("etc/vmharness/hostcert.pem", creds.cert_pem)
     put("etc/vmharness/hostkey.pem", creds.key_pem, 0o600)
     # Where grid software (the OSG's first users) looks for them.
@@ -256,8 +306,7 @@ def _run_logged(cmd: list[str], log: Path, progress: Progress) -> None:
         code = proc.wait()
     if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise InfraError(f"{cmd[0]} failed with exit code {code}:\n{tail}",
-                         hint=f"full log: {log}")
+        raise InfraError(f"{cmd[0]} failed with exit code {code}:\n{tail}", hint=f"full log: {log}")
 
 
 def _check(cmd: list[str], **kwargs: object) -> None:
@@ -273,34 +322,66 @@ def _assemble(raw: Path, tree: Path, kernel: Path, initrd: Path, root_mib: int) 
     total_mib = BOOT_START_MIB + BOOT_SIZE_MIB + root_mib
     with open(raw, "wb") as f:
         f.truncate(total_mib * 1024 * 1024)
-    table = (f"label: dos\nstart={boot_start}, size={boot_sectors}, type=c, bootable\n"
-             f"start={root_start}, type=83\n")
+    table = (
+        f"label: dos\nstart={boot_start}, size={boot_sectors}, type=c, bootable\n"
+        f"start={root_start}, type=83\n"
+    )
     _check(["sfdisk", "-q", str(raw)], input=table)
     boot_offset = boot_start * SECTOR
-    _check(["mkfs.fat", "-F", "16", "-n", "VMHBOOT", "--offset", str(boot_start), str(raw),
-            str(BOOT_SIZE_MIB * 1024)])
+    _check(
+        [
+            "mkfs.fat",
+            "-F",
+            "16",
+            "-n",
+            "VMHBOOT",
+            "--offset",
+            str(boot_start),
+            str(raw),
+            str(BOOT_SIZE_MIB * 1024),
+        ]
+    )
     cfg = raw.parent / "syslinux.cfg"
-    cfg.write_text("DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n"
-                   f"  INITRD /initrd.img\n  APPEND {KERNEL_CMDLINE}\n")
+    cfg.write_text(
+        "DEFAULT linux\nPROMPT 0\nTIMEOUT 0\nLABEL linux\n  KERNEL /vmlinuz\n"
+        f"  INITRD /initrd.img\n  APPEND {KERNEL_CMDLINE}\n"
+    )
     _check(["mcopy", "-i", f"{raw}@@{boot_offset}", str(kernel), str(cfg), "::/"])
     _check(["mcopy", "-i", f"{raw}@@{boot_offset}", str(initrd), "::/initrd.img"])
     _check(["syslinux", "--offset", str(boot_offset), "--install", str(raw)])
     with open(raw, "r+b") as f:  # SYSLINUX's MBR code, keeping the partition table after it
         f.write(SYSLINUX_MBR.read_bytes()[:440])
-    _check(["mke2fs", "-q", "-t", "ext4", "-L", "vmhroot", "-E",
-            f"offset={root_start * SECTOR}", "-d", str(tree), str(raw), f"{root_mib}M"])
+    _check(
+        [
+            "mke2fs",
+            "-q",
+            "-t",
+            "ext4",
+            "-L",
+            "vmhroot",
+            "-E",
+            f"offset={root_start * SECTOR}",
+            "-d",
+            str(tree),
+            str(raw),
+            f"{root_mib}M",
+        ]
+    )
 
 
 def _qcow2(raw: Path, disk: Path) -> None:
     # zstd compresses as well as zlib at a fraction of the time.
     base = ["qemu-img", "convert", "-c", "-O", "qcow2"]
-    proc = subprocess.run(base + ["-o", "compression_type=zstd", str(raw), str(disk)],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        base + ["-o", "compression_type=zstd", str(raw), str(disk)], capture_output=True, text=True
+    )
     if proc.returncode != 0:
         _check(base + [str(raw), str(disk)])
 
 
 def agent_files() -> dict[str, bytes]:
     folder = resources.files("vmharness.guest")
-    return {name: (folder / name).read_bytes()
-            for name in ("vmharness-agent", "vmharness-agent.service")}
+    return {
+        name: (folder / name).read_bytes()
+        for name in ("vmharness-agent", "vmharness-agent.service")
+    }

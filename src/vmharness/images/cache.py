@@ -111,8 +111,9 @@ class ImageCache:
                     images.append(image)
         return sorted(images, key=lambda i: (i.recipe, -i.built_at))
 
-    def lookup(self, recipe: Recipe, max_age_s: float = DEFAULT_MAX_AGE_S,
-               key: str | None = None) -> BaseImage | None:
+    def lookup(
+        self, recipe: Recipe, max_age_s: float = DEFAULT_MAX_AGE_S, key: str | None = None
+    ) -> BaseImage | None:
         """The newest published image for this recipe's key that is younger than max_age_s."""
         key = key or self.key_for(recipe)
         fresh = [i for i in self.list() if i.key == key and i.age_s() < max_age_s]
@@ -121,15 +122,36 @@ class ImageCache:
     def _read(self, folder: Path) -> BaseImage | None:
         try:
             meta = json.loads((folder / "image.json").read_text())
-            return BaseImage(folder=folder, **{k: meta[k] for k in (
-                "recipe", "key", "built_at", "sha256", "size_bytes", "hostname",
-                "kernel_version", "cmdline", "apt_source", "suite")})
+            return BaseImage(
+                folder=folder,
+                **{
+                    k: meta[k]
+                    for k in (
+                        "recipe",
+                        "key",
+                        "built_at",
+                        "sha256",
+                        "size_bytes",
+                        "hostname",
+                        "kernel_version",
+                        "cmdline",
+                        "apt_source",
+                        "suite",
+                    )
+                },
+            )
         except (OSError, ValueError, KeyError, TypeError):
             return None  # not a complete image (or not ours): ignored, pruned later
 
     # -- building ---------------------------------------------------------------------------
-    def get(self, recipe: Recipe, *, max_age_s: float = DEFAULT_MAX_AGE_S, rebuild: bool = False,
-            progress: builder.Progress = lambda _m: None) -> BaseImage:
+    def get(
+        self,
+        recipe: Recipe,
+        *,
+        max_age_s: float = DEFAULT_MAX_AGE_S,
+        rebuild: bool = False,
+        progress: builder.Progress = lambda _m: None,
+    ) -> BaseImage:
         """The cached image for the recipe, built first when missing, too old or asked for."""
         creds = self.credentials(recipe)
         key = self.key_for(recipe, creds)
@@ -157,12 +179,15 @@ class ImageCache:
                 stale = self.lookup(recipe, float("inf"), key)
                 if stale is None or rebuild:
                     raise
-                progress(f"WARNING: {exc}; using the cached image from "
-                         f"{stale.age_s() / 86400:.1f} days ago")
+                progress(
+                    f"WARNING: {exc}; using the cached image from "
+                    f"{stale.age_s() / 86400:.1f} days ago"
+                )
                 return stale
 
-    def _build(self, recipe: Recipe, creds: HostCredentials, key: str,
-               progress: builder.Progress) -> BaseImage:
+    def _build(
+        self, recipe: Recipe, creds: HostCredentials, key: str, progress: builder.Progress
+    ) -> BaseImage:
         builder.check_tools()
         builder.check_mirror(recipe)
         tmp_root = self.root / "tmp"
@@ -175,11 +200,18 @@ class ImageCache:
             digest = _sha256(files.disk)
             built_at = time.time()
             meta = {
-                "recipe": recipe.name, "key": key, "built_at": built_at, "sha256": digest,
-                "size_bytes": files.disk.stat().st_size, "hostname": recipe.hostname,
-                "kernel_version": files.kernel_version, "cmdline": builder.KERNEL_CMDLINE,
-                "apt_source": recipe.apt_source, "suite": recipe.suite,
-                "recipe_source": recipe.source, "vmharness": __version__,
+                "recipe": recipe.name,
+                "key": key,
+                "built_at": built_at,
+                "sha256": digest,
+                "size_bytes": files.disk.stat().st_size,
+                "hostname": recipe.hostname,
+                "kernel_version": files.kernel_version,
+                "cmdline": builder.KERNEL_CMDLINE,
+                "apt_source": recipe.apt_source,
+                "suite": recipe.suite,
+                "recipe_source": recipe.source,
+                "vmharness": __version__,
                 "build_seconds": round(time.monotonic() - t0, 1),
             }
             final_files = [files.disk, files.kernel, files.initrd]
@@ -229,7 +261,8 @@ def _locked_build(root: Path, workdir: Path) -> bool:
     # A build in progress holds its key's lock; leftovers older than a day are crashed builds.
     try:
         return time.time() - workdir.stat().st_mtime < 24 * 3600 and any(
-            _is_locked(p) for p in (root / "locks").glob("*.lock"))
+            _is_locked(p) for p in (root / "locks").glob("*.lock")
+        )
     except OSError:
         return False
 

@@ -46,29 +46,46 @@ def ensure_ca(ca_dir: Path) -> tuple[bytes, bytes]:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not cert_path.exists():
             key = ec.generate_private_key(ec.SECP256R1())
-            name = x509.Name([
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vmharness"),
-                x509.NameAttribute(NameOID.COMMON_NAME, "vmharness test CA"),
-            ])
+            name = x509.Name(
+                [
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "vmharness"),
+                    x509.NameAttribute(NameOID.COMMON_NAME, "vmharness test CA"),
+                ]
+            )
             now = dt.datetime.now(dt.UTC)
             cert = (
                 x509.CertificateBuilder()
-                .subject_name(name).issuer_name(name).public_key(key.public_key())
+                .subject_name(name)
+                .issuer_name(name)
+                .public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - dt.timedelta(days=1))
                 .not_valid_after(now + dt.timedelta(days=CA_VALID_DAYS))
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-                .add_extension(x509.KeyUsage(
-                    digital_signature=False, content_commitment=False, key_encipherment=False,
-                    data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                    crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
-                               critical=False)
+                .add_extension(
+                    x509.KeyUsage(
+                        digital_signature=False,
+                        content_commitment=False,
+                        key_encipherment=False,
+                        data_encipherment=False,
+                        key_agreement=False,
+                        key_cert_sign=True,
+                        crl_sign=True,
+                        encipher_only=False,
+                        decipher_only=False,
+                    ),
+                    critical=True,
+                )
+                .add_extension(
+                    x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False
+                )
                 .sign(key, hashes.SHA256())
             )
-            key_bytes = key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption())
+            key_bytes = key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
             fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f:
                 f.write(key_bytes)
@@ -89,27 +106,39 @@ def issue_host_cert(ca_dir: Path, hostname: str) -> HostCredentials:
     cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]))
-        .issuer_name(ca_cert.subject).public_key(key.public_key())
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(days=1))
         .not_valid_after(now + dt.timedelta(days=HOST_VALID_DAYS))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname), x509.DNSName(short)]),
-                       critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(hostname), x509.DNSName(short)]),
+            critical=False,
+        )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
-                                              ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()),
-                       critical=False)
+        .add_extension(
+            x509.ExtendedKeyUsage(
+                [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+            ),
+            critical=False,
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), critical=False
+        )
         .sign(ca_key, hashes.SHA256())
     )
     return HostCredentials(
         cert_pem=cert.public_bytes(serialization.Encoding.PEM),
-        key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()),
+        key_pem=key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
         ca_pem=ca_cert_pem,
     )
 
 
 def user_credentials(cert_file: Path, key_file: Path) -> HostCredentials:
-    return HostCredentials(cert_pem=cert_file.read_bytes(), key_pem=key_file.read_bytes(),
-                           ca_pem=None)
+    return HostCredentials(
+        cert_pem=cert_file.read_bytes(), key_pem=key_file.read_bytes(), ca_pem=None
+    )

@@ -31,11 +31,27 @@ def make_input_disk(path: Path, conditions_toml: str, suite: Path | None = None)
             if not suite.is_dir():
                 raise InfraError(f"test suite folder {suite} does not exist")
             shutil.copytree(suite, stage / "suite", symlinks=True)
-        used = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file() and not
-                   p.is_symlink())
+        used = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
         size_kib = max(4096, int(used * 1.25 / 1024) + 2048)
-        _run(["mke2fs", "-q", "-F", "-t", "ext2", "-L", INPUT_LABEL, "-m", "0", "-E",
-              "root_owner=0:0", "-d", str(stage), str(path), f"{size_kib}k"])
+        _run(
+            [
+                "mke2fs",
+                "-q",
+                "-F",
+                "-t",
+                "ext2",
+                "-L",
+                INPUT_LABEL,
+                "-m",
+                "0",
+                "-E",
+                "root_owner=0:0",
+                "-d",
+                str(stage),
+                str(path),
+                f"{size_kib}k",
+            ]
+        )
 
 
 def make_output_disk(path: Path, size_mib: int) -> None:
@@ -52,8 +68,9 @@ def _run(cmd: list[str]) -> None:
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True)
     except FileNotFoundError:
-        raise InfraError(f"{cmd[0]} is not installed",
-                         hint="sudo apt-get install e2fsprogs dosfstools (or `make setup`)",
-                         ) from None
+        raise InfraError(
+            f"{cmd[0]} is not installed",
+            hint="sudo apt-get install e2fsprogs dosfstools (or `make setup`)",
+        ) from None
     if proc.returncode != 0:
         raise InfraError(f"{' '.join(cmd[:2])} failed: {proc.stderr.strip()}")

@@ -32,8 +32,9 @@ class Extraction:
         return self.error is None or bool(self.files)
 
 
-def extract(disk: Path, dest: Path, *, file_limit: int = DEFAULT_FILE_LIMIT,
-            total_limit: int | None = None) -> Extraction:
+def extract(
+    disk: Path, dest: Path, *, file_limit: int = DEFAULT_FILE_LIMIT, total_limit: int | None = None
+) -> Extraction:
     """Copy every regular file of the FAT output disk `disk` into `dest` (new folder)."""
     t0 = time.monotonic()
     out = Extraction()
@@ -56,8 +57,9 @@ def extract(disk: Path, dest: Path, *, file_limit: int = DEFAULT_FILE_LIMIT,
     return out
 
 
-def _copy_entry(reader: FatReader, entry: Entry, dest: Path, out: Extraction,
-                file_limit: int, total_limit: int) -> None:
+def _copy_entry(
+    reader: FatReader, entry: Entry, dest: Path, out: Extraction, file_limit: int, total_limit: int
+) -> None:
     shown = "/".join(_printable(p) for p in entry.path)
     bad = next((reason for p in entry.path if (reason := unsafe_name(p))), None)
     if bad:

@@ -39,7 +39,8 @@ class FatReader:
         if len(boot) < 512 or boot[510:512] != b"\x55\xaa":
             raise CorruptFilesystem("no FAT boot sector (the guest overwrote it?)")
         (bps, spc, reserved, nfats, root_entries, total16, _media, fat16_size) = struct.unpack_from(
-            "<HBHBHHBH", boot, 11)
+            "<HBHBHHBH", boot, 11
+        )
         total32 = struct.unpack_from("<I", boot, 32)[0]
         if bps not in (512, 1024, 2048, 4096) or spc == 0 or spc & (spc - 1) or nfats == 0:
             raise CorruptFilesystem("invalid FAT geometry in the boot sector")
@@ -97,8 +98,9 @@ class FatReader:
             cluster = nxt
 
     def read_cluster(self, cluster: int) -> bytes:
-        return self._read_at(self.data_offset + (cluster - 2) * self.cluster_bytes,
-                             self.cluster_bytes)
+        return self._read_at(
+            self.data_offset + (cluster - 2) * self.cluster_bytes, self.cluster_bytes
+        )
 
     def read_file(self, entry: Entry, limit: int) -> Iterator[bytes]:
         """The file's bytes in chunks, at most min(entry.size, limit)."""
@@ -145,7 +147,7 @@ def _dir_entries(data: bytes, fat32: bool) -> Iterator[tuple[str, int, int, int]
     lfn_parts: dict[int, str] = {}
     lfn_sum: int | None = None
     for off in range(0, len(data) - 31, 32):
-        raw = data[off:off + 32]
+        raw = data[off : off + 32]
         first = raw[0]
         if first == 0x00:
             return

@@ -55,8 +55,10 @@ def build_fast_initrd(tree: Path, kernel_version: str, dest: Path, root_device: 
             raise InitrdUnavailable(f"module {name} is neither built in nor present")
         _add_with_deps(name, deps, order)
     entries: list[tuple[str, int, bytes]] = [
-        ("bin", stat.S_IFDIR | 0o755, b""), ("dev", stat.S_IFDIR | 0o755, b""),
-        ("proc", stat.S_IFDIR | 0o755, b""), ("root", stat.S_IFDIR | 0o755, b""),
+        ("bin", stat.S_IFDIR | 0o755, b""),
+        ("dev", stat.S_IFDIR | 0o755, b""),
+        ("proc", stat.S_IFDIR | 0o755, b""),
+        ("root", stat.S_IFDIR | 0o755, b""),
         ("modules", stat.S_IFDIR | 0o755, b""),
         ("bin/busybox", stat.S_IFREG | 0o755, busybox.read_bytes()),
         ("init", stat.S_IFREG | 0o755, INIT_SCRIPT.format(root=root_device).encode()),
@@ -117,12 +119,26 @@ def _add_with_deps(name: str, deps: dict[str, tuple[str, list[str]]], order: lis
     order.append(name)
 
 
-def _cpio_entry(name: str, mode: int, data: bytes, ino: int,
-                rdev: tuple[int, int] = (0, 0)) -> bytes:
+def _cpio_entry(
+    name: str, mode: int, data: bytes, ino: int, rdev: tuple[int, int] = (0, 0)
+) -> bytes:
     """One entry of a "newc" cpio archive, the format the kernel unpacks."""
     raw_name = name.encode() + b"\0"
-    fields = (ino, mode, 0, 0, 2 if stat.S_ISDIR(mode) else 1, 0, len(data), 0, 0,
-              rdev[0], rdev[1], len(raw_name), 0)
+    fields = (
+        ino,
+        mode,
+        0,
+        0,
+        2 if stat.S_ISDIR(mode) else 1,
+        0,
+        len(data),
+        0,
+        0,
+        rdev[0],
+        rdev[1],
+        len(raw_name),
+        0,
+    )
     header = b"070701" + b"".join(b"%08X" % v for v in fields)
     out = header + raw_name
     out += b"\0" * (-len(out) % 4)

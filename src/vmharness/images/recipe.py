@@ -57,16 +57,18 @@ class Recipe:
 
 def builtin_names() -> list[str]:
     folder = resources.files("vmharness.images") / BUILTIN_DIR
-    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir()
-                  if p.name.endswith(".yaml"))
+    return sorted(
+        p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml")
+    )
 
 
 def load_recipe(name_or_path: str) -> Recipe:
     """A built-in recipe by name ("debian-12"), or a recipe YAML file by path."""
     if name_or_path in builtin_names():
         ref = resources.files("vmharness.images") / BUILTIN_DIR / f"{name_or_path}.yaml"
-        return _parse(ref.read_text(), name=name_or_path, source=f"built-in recipe {name_or_path}",
-                      base=None)
+        return _parse(
+            ref.read_text(), name=name_or_path, source=f"built-in recipe {name_or_path}", base=None
+        )
     path = Path(name_or_path)
     if not path.is_file():
         raise SpecError(
@@ -77,8 +79,15 @@ def load_recipe(name_or_path: str) -> Recipe:
 
 
 _FIELDS = {
-    "distribution": str, "suite": str, "mirror": str, "components": list, "kernel": str,
-    "packages": list, "hostname": str, "disk_size": (str, int), "certificate": (str, dict),
+    "distribution": str,
+    "suite": str,
+    "mirror": str,
+    "components": list,
+    "kernel": str,
+    "packages": list,
+    "hostname": str,
+    "disk_size": (str, int),
+    "certificate": (str, dict),
     "name": str,
 }
 
@@ -90,9 +99,12 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         # The field is the top-level key whose value the broken construct started in.
         start = getattr(exc, "context_mark", None) or mark
-        raise SpecError(f"YAML syntax error: {getattr(exc, 'problem', exc)}", file=source,
-                        line=mark.line + 1 if mark else None,
-                        field=_top_key_at(text, start.line) if start else None) from None
+        raise SpecError(
+            f"YAML syntax error: {getattr(exc, 'problem', exc)}",
+            file=source,
+            line=mark.line + 1 if mark else None,
+            field=_top_key_at(text, start.line) if start else None,
+        ) from None
     if root is None or not isinstance(root, yaml.MappingNode):
         raise SpecError("a recipe must be a mapping of fields", file=source, line=1)
     values: dict[str, Any] = {}
@@ -103,12 +115,15 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
             raise SpecError("a field name must be a plain word", file=source, line=line)
         key = key_node.value
         if key not in _FIELDS:
-            raise SpecError(f"unknown field (known: {', '.join(sorted(_FIELDS))})",
-                            file=source, line=line, field=key)
+            raise SpecError(
+                f"unknown field (known: {', '.join(sorted(_FIELDS))})",
+                file=source,
+                line=line,
+                field=key,
+            )
         value = yaml.safe_load(yaml.serialize(value_node))
         if not isinstance(value, _FIELDS[key]):
-            raise SpecError(f"wrong type {type(value).__name__}", file=source, line=line,
-                            field=key)
+            raise SpecError(f"wrong type {type(value).__name__}", file=source, line=line, field=key)
         values[key] = value
         lines[key] = line
 
@@ -117,9 +132,12 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
 
     kwargs: dict[str, Any] = {"name": values.get("name", name), "source": source}
     if not _NAME_RE.match(kwargs["name"]):  # it becomes part of cache paths
-        raise SpecError("a recipe name is letters, digits, '.', '_' and '-' only "
-                        f"(got {kwargs['name']!r})", file=source, line=lines.get("name"),
-                        field="name")
+        raise SpecError(
+            f"a recipe name is letters, digits, '.', '_' and '-' only (got {kwargs['name']!r})",
+            file=source,
+            line=lines.get("name"),
+            field="name",
+        )
     for key in ("distribution", "suite", "mirror", "kernel"):
         if key in values:
             kwargs[key] = values[key]
@@ -139,8 +157,9 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
             kwargs[key] = tuple(items)
     if "hostname" in values:
         if not _HOSTNAME_RE.match(values["hostname"]):
-            raise err("hostname", "must be a fully qualified lower-case name such as "
-                                  "vmtest.localdomain")
+            raise err(
+                "hostname", "must be a fully qualified lower-case name such as vmtest.localdomain"
+            )
         kwargs["hostname"] = values["hostname"]
     if "disk_size" in values:
         kwargs["disk_size_mib"] = _size_mib(values["disk_size"], err)

@@ -12,8 +12,9 @@ MAX_LINE = 16 * 1024
 MAX_MESSAGE = 16 * 1024
 
 
-def parse_guarded(fmt: str, what: str, parse: Callable[[str], ParsedLog],
-                  text: str | bytes) -> ParsedLog:
+def parse_guarded(
+    fmt: str, what: str, parse: Callable[[str], ParsedLog], text: str | bytes
+) -> ParsedLog:
     """Run a text parser on guest data so that it never raises: bytes are decoded leniently, and
     a parser bug ends in an incomplete ParsedLog that says so instead of a crash on the host."""
     if isinstance(text, bytes | bytearray):
@@ -21,9 +22,11 @@ def parse_guarded(fmt: str, what: str, parse: Callable[[str], ParsedLog],
     try:
         return parse(text)
     except Exception as exc:  # last resort: a guest's file must never crash the host side
-        return ParsedLog(format=fmt, complete=False,
-                         note=f"{what} could not be read (internal error: "
-                              f"{type(exc).__name__}: {exc})")
+        return ParsedLog(
+            format=fmt,
+            complete=False,
+            note=f"{what} could not be read (internal error: {type(exc).__name__}: {exc})",
+        )
 
 
 def cap_message(text: str, limit: int = MAX_MESSAGE) -> str:
