@@ -78,9 +78,10 @@ def bench_dag(work: Path) -> None:
         return
     import htcondor2 as htcondor
 
-    from vmharness.backends import condor
+    from vmharness.condor import submit as condor
+    from vmharness.engine.local import images_for
     from vmharness.images.cache import ImageCache
-    from vmharness.rundir import RunFolder, images_for
+    from vmharness.rundir import RunFolder
     from vmharness.spec import expand, load_spec
 
     htcondor.reload_config()

@@ -21,13 +21,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from vmharness.backends import local
+from vmharness.engine.attempt import ImageRef, RunContext
+from vmharness.engine.local import run_matrix
 from vmharness.images.cache import ImageCache
 from vmharness.images.recipe import load_recipe
-from vmharness.runner import ImageRef, RunContext
-from vmharness.scheduler import run_matrix
 from vmharness.spec import PackageSet, Platform, Run, Source, TestSettings, VMSettings
 from vmharness.state import RunDB
+from vmharness.vm.accel import choose_accelerator
+from vmharness.vm.qemu import LocalVMs
 
 
 def matrix(n: int) -> list[Run]:
@@ -65,7 +66,7 @@ def timed(
         runs,
         {"debian-12": image},
         ctx,
-        lambda job: local.run_vm(job, accel),
+        LocalVMs(accel),
         slots=slots,
         retries=0,
         console=Console(quiet=True),
@@ -85,7 +86,7 @@ def main() -> None:
     args = ap.parse_args()
     cache = ImageCache()
     image = cache.get(load_recipe("debian-12"), progress=lambda m: print(f"  building: {m}"))
-    accel = local.choose_accelerator(image.kernel, cache.root, say=print)
+    accel = choose_accelerator(image.kernel, cache.root, say=print)
     runs = matrix(args.runs)
     ref, store = ImageRef.from_cache(image), cache.root / "snapshots"
     with tempfile.TemporaryDirectory(prefix="vmh-bench-par-") as tmp:

@@ -22,11 +22,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from vmharness.backends import local
+from vmharness.engine.attempt import ImageRef, RunContext, collect, prepare
 from vmharness.images.cache import ImageCache
 from vmharness.images.recipe import load_recipe
-from vmharness.runner import ImageRef, RunContext, collect, prepare
 from vmharness.spec import PackageSet, Platform, Run, Source, TestSettings, VMSettings
+from vmharness.vm.accel import choose_accelerator
+from vmharness.vm.qemu import LocalVMs
 
 
 def one(
@@ -42,7 +43,7 @@ def one(
     )
     ctx = RunContext(run_dir=tmp, boot=boot, snapshot_store=store)
     job, phases = prepare(run, image, ctx, 1)
-    outcome = local.run_vm(job, accel)
+    outcome = LocalVMs(accel)(job)
     result = collect(run, job, outcome, ctx, 1, phases)
     if result.status != "pass":
         raise SystemExit(f"the trivial run did not pass: {result.status}: {result.reason}")
@@ -85,7 +86,7 @@ def main() -> None:
     t0 = time.monotonic()
     image = cache.get(recipe)  # the figure a run sees once the image is cached
     lookup = time.monotonic() - t0
-    accel = local.choose_accelerator(image.kernel, cache.root, say=print)
+    accel = choose_accelerator(image.kernel, cache.root, say=print)
     rows: list[dict[str, float]] = []
     store = cache.root / "snapshots"
     made = None

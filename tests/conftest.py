@@ -114,7 +114,7 @@ def base_image():
     print(f"base image {image.folder} ready in {time.monotonic() - t0:.1f}s")
     # Probe the accelerator once, as `vmharness run` would (the result is cached for a day),
     # so that vmharness processes started together by a test do not all probe at once.
-    from vmharness.backends import local
+    from vmharness.vm import accel as local
 
     os.environ.pop(local.ACCEL_ENV, None)
     local.choose_accelerator(image.kernel, cache.root, say=lambda m: print(m, flush=True))

@@ -27,10 +27,12 @@ import pytest
 
 htcondor = pytest.importorskip("htcondor2", reason="the htcondor PyPI bindings are not installed")
 
-from vmharness.backends import condor, condor_node  # noqa: E402
-from vmharness.backends.base import VMOutcome  # noqa: E402
-from vmharness.runner import ImageRef  # noqa: E402
+from vmharness.condor import events, nodes, status  # noqa: E402
+from vmharness.condor import job as jobfile  # noqa: E402
+from vmharness.condor import submit as condor  # noqa: E402
+from vmharness.engine.attempt import ImageRef  # noqa: E402
 from vmharness.spec import expand, load_spec  # noqa: E402
+from vmharness.vm.job import VMOutcome  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 VMH = [sys.executable, "-m", "vmharness.cli"]
@@ -157,26 +159,26 @@ def test_url_delivery_transfers_from_the_url(two_run_spec) -> None:
 
 
 def test_outcome_from_events() -> None:
-    hist = condor_node.JobHistory(
+    hist = events.JobHistory(
         job_id="7.0", started=100.0, ended=130.0, host="ep1", terminated=True, return_value=0
     )
-    assert condor_node.outcome_from(hist, None, "vm").ended == "poweroff"
+    assert events.outcome_from(hist, None, "vm").ended == "poweroff"
     ran = VMOutcome(ended="timeout", seconds=3, accelerator="tcg", reason="slow", host="x")
-    got = condor_node.outcome_from(hist, ran, "qemu")
+    got = events.outcome_from(hist, ran, "qemu")
     assert (got.ended, got.host) == ("timeout", "ep1")
-    missing = condor_node.outcome_from(hist, None, "qemu")
+    missing = events.outcome_from(hist, None, "qemu")
     assert missing.ended == "error" and "outcome.json" in missing.reason
 
-    held = condor_node.JobHistory(
+    held = events.JobHistory(
         job_id="8.0",
         aborted=True,
         abort_reason="The job attribute PeriodicRemove expression '...' evaluated to TRUE",
         holds=[("Transfer input files failure: No such file", 13, 2)],
     )
-    got = condor_node.outcome_from(held, None, "qemu", {"held_max_s": 60})
+    got = events.outcome_from(held, None, "qemu", {"held_max_s": 60})
     assert got.ended == "error"
     assert "held for longer than 60s" in got.reason and "No such file" in got.reason
-    timed = condor_node.JobHistory(
+    timed = events.JobHistory(
         job_id="9.0",
         aborted=True,
         abort_reason="PeriodicRemove",
@@ -184,14 +186,14 @@ def test_outcome_from_events() -> None:
             (
                 "vmharness: VM still running after its wall-clock timeout of 60s",
                 3,
-                condor_node.TIMEOUT_HOLD_SUBCODE,
+                jobfile.TIMEOUT_HOLD_SUBCODE,
             )
         ],
     )
-    assert condor_node.outcome_from(timed, None, "vm").ended == "timeout"
-    removed = condor_node.JobHistory(job_id="10.0", aborted=True)
-    assert "condor_rm" in condor_node.outcome_from(removed, None, "qemu").reason
-    never = condor_node.outcome_from(condor_node.JobHistory(), None, "qemu")
+    assert events.outcome_from(timed, None, "vm").ended == "timeout"
+    removed = events.JobHistory(job_id="10.0", aborted=True)
+    assert "condor_rm" in events.outcome_from(removed, None, "qemu").reason
+    never = events.outcome_from(events.JobHistory(), None, "qemu")
     assert never.ended == "error" and "no end" in never.reason
 
 
@@ -199,7 +201,7 @@ def test_read_outcome_is_defensive(tmp_path: Path) -> None:
     path = tmp_path / "outcome.json"
     for text in ["", "[]", '{"ended": "rm -rf"}', '{"seconds": 1}', "{" * 100]:
         path.write_text(text)
-        assert condor_node.read_outcome(path) is None
+        assert jobfile.read_outcome(path) is None
     path.write_text(
         json.dumps(
             {
@@ -211,13 +213,13 @@ def test_read_outcome_is_defensive(tmp_path: Path) -> None:
             }
         )
     )
-    got = condor_node.read_outcome(path)
+    got = jobfile.read_outcome(path)
     assert got is not None and got.ended == "poweroff" and got.exit_code is None
     assert len(got.host) == 200
 
 
 def test_job_description_round_trip(tmp_path: Path) -> None:
-    from vmharness.backends.base import VMJob
+    from vmharness.vm.job import VMJob
 
     job = VMJob(
         name="vmharness-0001",
@@ -234,7 +236,7 @@ def test_job_description_round_trip(tmp_path: Path) -> None:
         network="user",
         wall_timeout_s=99,
     )
-    desc = condor_node.job_to_json(
+    desc = jobfile.job_to_json(
         job,
         run_id="0001",
         attempt=2,
@@ -243,11 +245,11 @@ def test_job_description_round_trip(tmp_path: Path) -> None:
         initrd=None,
         phases={"disks": 0.01},
     )
-    back = condor_node.job_in(desc, Path("/sandbox"))
+    back = jobfile.job_in(desc, Path("/sandbox"))
     assert back.base_disk == Path("/sandbox/d-1234.qcow2")
     assert back.input_disk == Path("/sandbox/input.img") and back.kernel is None
     assert (back.memory_mib, back.cpus, back.network, back.wall_timeout_s) == (512, 2, "user", 99)
-    shared = condor_node.job_in({**desc, "base_disk": "/shared/d.qcow2"}, Path("/sandbox"))
+    shared = jobfile.job_in({**desc, "base_disk": "/shared/d.qcow2"}, Path("/sandbox"))
     assert shared.base_disk == Path("/shared/d.qcow2")
 
 
@@ -261,20 +263,20 @@ def test_final_node_closes_runs_without_a_verdict(two_run_spec) -> None:
     folder.db.start_attempt("0001")
     folder.db.finish_attempt(RunResult(run_id="0001", status="pass", attempt=1), final=True)
     folder.db.start_attempt("0002")  # its VM job never came back
-    assert condor_node.close_unfinished(folder) == ["0002", "0003", "0004"]
+    assert nodes.close_unfinished(folder) == ["0002", "0003", "0004"]
     results = folder.db.results()
     assert results["0001"].status == "pass"
     assert {results[i].status for i in ("0002", "0003", "0004")} == {"died"}
     assert "POST" in results["0002"].reason and "prep node failed" in results["0003"].reason
-    assert condor_node.close_unfinished(folder) == []
+    assert nodes.close_unfinished(folder) == []
 
 
 def test_host_of() -> None:
     assert (
-        condor_node.host_of("<10.0.0.1:9618?addrs=10.0.0.1-9618&alias=ep7.example&noUDP>")
+        events.host_of("<10.0.0.1:9618?addrs=10.0.0.1-9618&alias=ep7.example&noUDP>")
         == "ep7.example"
     )
-    assert condor_node.host_of("<10.0.0.1:9618>") == "10.0.0.1:9618"
+    assert events.host_of("<10.0.0.1:9618>") == "10.0.0.1:9618"
 
 
 # -- on the pool -------------------------------------------------------------------------------
@@ -446,7 +448,7 @@ def test_vm_style_jobs_are_accepted_with_the_right_ads(
         requirements = str(ad["Requirements"])
         assert "HasVM" in requirements and "VM_Type" in requirements
         assert ad["RequestMemory"] > ad["JobVMMemory"]  # qemu's own overhead
-        assert str(condor_node.TIMEOUT_HOLD_SUBCODE) in str(ad["PeriodicRemove"])
+        assert str(jobfile.TIMEOUT_HOLD_SUBCODE) in str(ad["PeriodicRemove"])
         assert "NumJobStarts < 3" in str(ad["PeriodicRelease"])
         assert str(ad["PeriodicHold"]).startswith("JobStatus == 2")
         assert ad["JobStatus"] == 1  # idle: no execute point here offers VM universe
@@ -529,7 +531,7 @@ def test_faults_held_removed_corrupted(condor_pool, debian_image, work: Path) ->
     held_seen = removed = False
     while not (held_seen and removed):
         assert time.monotonic() < deadline, vmharness("status", rundir).stdout
-        st = condor.status(folder)
+        st = status.status(folder)
         if not held_seen and st.held:
             assert [h.run for h in st.held] == ["0004"]
             assert "Transfer input files failure" in st.held[0].reason
@@ -549,7 +551,7 @@ def test_faults_held_removed_corrupted(condor_pool, debian_image, work: Path) ->
             removed = True
         time.sleep(1)
 
-    st = condor.wait(folder, timeout_s=600, say=print)
+    st = status.wait(folder, timeout_s=600, say=print)
     assert st.dag_state == "done" and st.dag_exit == 0  # the FINAL node made it succeed
     results = folder.db.results()
     assert {k: r.status for k, r in results.items()} == {

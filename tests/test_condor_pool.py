@@ -210,7 +210,7 @@ def test_execute_side_has_qemu_disk_tools_and_vmharness(pool, submit, job_dir):
         "qemu-system-x86_64 --version | head -n 1\n"
         "qemu-img --version | head -n 1\n"
         "command -v mke2fs debugfs mkfs.vfat mcopy\n"
-        f"{python} -c 'import vmharness.backends.local, qemu.qmp'\n"
+        f"{python} -c 'import vmharness.vm.qemu, qemu.qmp'\n"
         "echo vmharness importable\n"
     )
     script.chmod(0o755)

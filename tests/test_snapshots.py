@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from vmharness.backends import local
-from vmharness.backends.base import VMJob
-from vmharness.backends.snapshots import FAILURE_TTL_S, SnapshotStore
+from vmharness.vm import qemu as local
+from vmharness.vm.job import VMJob
+from vmharness.vm.snapshots import FAILURE_TTL_S, SnapshotStore
 
 SHAPE = {
     "image": "/c/images/debian-12-abc/disk.qcow2",
@@ -158,7 +158,7 @@ def test_commas_in_paths_do_not_split_qemu_options(tmp_path: Path) -> None:
 def test_runs_that_waited_for_a_failed_maker_do_not_try_again(tmp_path: Path, monkeypatch) -> None:
     attempts: list[str] = []
 
-    def failing_make(job, accel, store, key, shape):
+    def failing_make(procs, job, accel, store, key, shape):
         attempts.append(key)
         raise local._SnapshotFailed("the agent was not ready after 300s")
 
@@ -171,7 +171,7 @@ def test_runs_that_waited_for_a_failed_maker_do_not_try_again(tmp_path: Path, mo
     key = store.key(shape)
     for _ in range(3):  # the first makes and fails; the others find its failure under the lock
         with pytest.raises(local._SnapshotFailed):
-            local._snapshot_for(j, "tcg", store, key, shape)
+            local._snapshot_for(local.VMProcesses(), j, "tcg", store, key, shape)
     assert attempts == [key]
     assert "not ready" in (store.recent_failure(key) or "")
 
@@ -179,7 +179,7 @@ def test_runs_that_waited_for_a_failed_maker_do_not_try_again(tmp_path: Path, mo
 def test_an_unusable_store_means_a_boot_not_a_crash(tmp_path: Path, monkeypatch) -> None:
     booted: list[VMJob] = []
 
-    def fake_boot(j, accel):
+    def fake_boot(procs, j, accel):
         booted.append(j)
         return local.VMOutcome(ended="poweroff", seconds=1.0, accelerator=accel)
 
@@ -187,7 +187,7 @@ def test_an_unusable_store_means_a_boot_not_a_crash(tmp_path: Path, monkeypatch)
     monkeypatch.setattr(local, "qemu_version", lambda: "7.2")
     (tmp_path / "disk.qcow2").write_bytes(b"")
     (tmp_path / "not-a-folder").write_text("")
-    outcome = local.run_vm(job(tmp_path, snapshot_store=tmp_path / "not-a-folder"), "tcg")
+    outcome = local.LocalVMs("tcg")(job(tmp_path, snapshot_store=tmp_path / "not-a-folder"))
     assert len(booted) == 1
     assert outcome.boot.startswith("direct kernel boot (no snapshot: the snapshot store")
 
@@ -201,29 +201,31 @@ def test_a_qmp_error_while_saving_is_a_failed_snapshot(tmp_path: Path, monkeypat
             raise RuntimeError(f"{name}: refused")
 
     monkeypatch.setattr(local, "_create_overlay", lambda base, overlay: overlay.write_bytes(b""))
-    monkeypatch.setattr(local, "_start", lambda cmd, work, sock: subprocess.Popen(["true"]))
+    monkeypatch.setattr(
+        local.VMProcesses, "start", lambda self, cmd, work, sock: subprocess.Popen(["true"])
+    )
     monkeypatch.setattr(local, "_wait_for_marker", lambda proc, console, *args, **kw: None)
     monkeypatch.setattr(local, "_connect", lambda sock, proc, error=None: RefusingQMP())
     store = SnapshotStore(tmp_path / "snaps")
     with pytest.raises(local._SnapshotFailed, match="stop: refused"):
-        local._make_snapshot(job(tmp_path), "tcg", store, "k", SHAPE)
+        local._make_snapshot(local.VMProcesses(), job(tmp_path), "tcg", store, "k", SHAPE)
     assert store.find("k") is None
     assert not list((store.root / "tmp").iterdir())  # its work folder is gone
 
 
 def test_no_vm_starts_once_stopping_has_begun(tmp_path: Path, monkeypatch) -> None:
-    monkeypatch.setattr(local, "_stopping", threading.Event())
-    local._stopping.set()
+    procs = local.VMProcesses()
+    procs.stop_all()
     with pytest.raises(local.VMInterrupted):
-        local._start(
+        procs.start(
             ["qemu-system-x86_64", "-name", "vmharness-0001"], tmp_path, tmp_path / "q.sock"
         )
-    assert not local._running
+    assert not procs._running
 
 
 def test_the_run_says_how_many_snapshots_it_will_make(tmp_path: Path, monkeypatch) -> None:
-    from vmharness.rundir import _snapshot_plan
-    from vmharness.runner import ImageRef
+    from vmharness.engine.attempt import ImageRef
+    from vmharness.engine.local import _snapshot_plan
     from vmharness.spec import PackageSet, Platform, Run, Source, VMSettings
     from vmharness.spec import TestSettings as Test
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from vmharness.backends import local
-from vmharness.backends.snapshots import SnapshotStore
-from vmharness.runner import ImageRef, RunContext, execute
+from vmharness.engine.attempt import ImageRef, RunContext, execute
 from vmharness.spec import PackageSet, Platform, Run, Source, VMSettings
 from vmharness.spec import TestSettings as Test
+from vmharness.vm.accel import choose_accelerator
+from vmharness.vm.qemu import LocalVMs
+from vmharness.vm.snapshots import SnapshotStore
 
 pytestmark = pytest.mark.vm
 
@@ -57,12 +58,12 @@ def warm(base_image, tmp_path_factory):
     store = tmp / "snapshots"
     ctx = RunContext(run_dir=tmp / "out", snapshot_store=store)
     image = ImageRef.from_cache(base_image)
-    accel = local.choose_accelerator(base_image.kernel, base_image.folder.parent.parent)
+    accel = choose_accelerator(base_image.kernel, base_image.folder.parent.parent)
 
     def one(n: int):
         run = make_run(n)
         t0 = time.time()
-        result = execute(run, image, ctx, lambda job: local.run_vm(job, accel))
+        result = execute(run, image, ctx, LocalVMs(accel))
         return run, result, t0, time.time()
 
     first = one(1)

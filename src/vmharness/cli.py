@@ -16,7 +16,6 @@ from rich.console import Console
 from rich.table import Table
 
 from . import __version__
-from .backends.snapshots import SnapshotStore
 from .errors import (
     EXIT_INFRA,
     EXIT_INTERRUPTED,
@@ -30,6 +29,7 @@ from .errors import (
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, load_recipe
 from .spec import check_platforms, expand, load_spec, parse_duration
+from .vm.snapshots import SnapshotStore
 
 # Piped into a CI log, lines are not folded at 80 columns in the middle of paths and messages.
 console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())
@@ -248,7 +248,7 @@ def _max_age(args: argparse.Namespace) -> float:
 
 
 def _finish(folder, args: argparse.Namespace) -> int:
-    from .rundir import check_can_run
+    from .engine.local import check_can_run
 
     paths = folder.write_reports(console, getattr(args, "previous", None))
     if getattr(args, "json", None):
@@ -262,7 +262,7 @@ def _finish(folder, args: argparse.Namespace) -> int:
 
 def _run_here(folder, args: argparse.Namespace) -> int:
     """The pending runs of `folder` on this machine, then its reports."""
-    from .rundir import run_locally
+    from .engine.local import run_locally
 
     try:
         run_locally(
@@ -422,8 +422,8 @@ def cmd_image_prune(args: argparse.Namespace) -> int:
 
 
 # == HTCondor backend (issue 4): submit, status, run-one, dag-node ============================
-# Wiring only; the work is in backends/condor.py (submit side) and backends/condor_node.py
-# (what the DAG runs). See docs/condor.md.
+# Wiring only; the work is in condor/ (submit.py, status.py, the DAG's nodes.py and the execute
+# side's execute.py). See docs/condor.md.
 def _condor_parsers(cmd) -> None:
     p = cmd(
         "submit", "submit every run of a spec to an HTCondor pool as a DAG (see docs/condor.md)"
@@ -589,9 +589,10 @@ def _condor_parsers(cmd) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from .backends import condor
+    from .condor import submit as condor
+    from .engine.local import images_for
     from .report import to_json
-    from .rundir import RunFolder, images_for
+    from .rundir import RunFolder
 
     opts = condor.SubmitOptions(
         style=args.style,
@@ -641,7 +642,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def cmd_resubmit(args: argparse.Namespace) -> int:
-    from .backends import condor
+    from .condor import submit as condor
     from .rundir import RunFolder
 
     folder = RunFolder.open(args.rundir)
@@ -655,10 +656,10 @@ def cmd_resubmit(args: argparse.Namespace) -> int:
 
 
 def _wait_for_dag(folder) -> None:
-    from .backends import condor
+    from .condor import status
 
     try:
-        condor.wait(folder, say=lambda line: console.print(line, highlight=False))
+        status.wait(folder, say=lambda line: console.print(line, highlight=False))
     except KeyboardInterrupt:
         err_console.print(f"stopped waiting; the DAG goes on: vmharness status {folder.path}")
         raise SystemExit(130) from None
@@ -667,7 +668,7 @@ def _wait_for_dag(folder) -> None:
 def cmd_status(args: argparse.Namespace) -> int:
     import datetime as dt
 
-    from .backends import condor
+    from .condor import status
     from .rundir import RunFolder
 
     folder = RunFolder.open(args.rundir)
@@ -676,8 +677,8 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{args.rundir} was not submitted to a pool",
             hint="`vmharness report RUNDIR` shows a local run folder",
         )
-    st = condor.status(folder)
-    console.print(condor.progress_line(st), highlight=False)
+    st = status.status(folder)
+    console.print(status.progress_line(st), highlight=False)
     for layer, counts in sorted(st.jobs.items()):
         console.print(
             f"  {layer} jobs: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())),
@@ -702,13 +703,13 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_run_one(args: argparse.Namespace) -> int:
-    from .backends.condor_node import run_one
+    from .condor.execute import run_one
 
     return run_one(args.job, say=lambda m: err_console.print(m, highlight=False))
 
 
 def cmd_dag_node(args: argparse.Namespace) -> int:
-    from .backends import condor_node
+    from .condor import nodes as condor_node
 
     if args.node_command == "prep":
         return condor_node.node_prep(args.rundir, args.run_id)

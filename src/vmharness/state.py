@@ -17,6 +17,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .errors import UsageError
 from .results.model import Problem, RunResult, TestCounts
 from .spec import KnownFailure, PackageSet, Platform, Run, Source, TestSettings, VMSettings
 
@@ -65,8 +66,6 @@ class RunDB:
     @classmethod
     def open_existing(cls, run_dir: Path) -> RunDB:
         if not (run_dir / DB_NAME).is_file():
-            from .errors import UsageError
-
             raise UsageError(
                 f"{run_dir} is not a vmharness run folder (no {DB_NAME})",
                 hint="give the folder that `vmharness run` or `submit` printed",

@@ -6,7 +6,7 @@ Per run the DAG has a chain
                `vmharness run-one`), with a POST script that decides the verdict and records it
                in the run database, exiting non-zero only for infrastructure failures (`died`),
                and a PRE script that makes fresh disks when DAGMan retries the node
-and one FINAL node, report, writes the reports. Nodes and POST scripts are in condor_node.py.
+and one FINAL node, report, writes the reports. Nodes and POST scripts are in nodes.py.
 
 Layout added to the run folder:
     condor/runs.dag, prep.sub, vm.sub, report.sub   the DAG (htcondor2.dags' writer)
@@ -28,30 +28,29 @@ import shlex
 import shutil
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..engine.attempt import ImageRef
 from ..errors import InfraError, UsageError
-from ..runner import ImageRef
 from ..spec import Run
-from .condor_node import (
+from . import status
+from .events import bindings
+from .job import (
     CONDOR_DIR,
+    DAG_FILE,
     JOB_FILE,
     JOB_LOG,
     OUTCOME_FILE,
     PLAN_FILE,
-    POST_FAILED,
     SYSTEM_PATH,
     TIMEOUT_HOLD_SUBCODE,
-    host_of,
 )
+from .nodes import POST_FAILED
 
 STYLES = ("vm", "qemu")
 DELIVERIES = ("transfer", "shared", "url")
-DAG_FILE = "runs.dag"
 IMAGE_STORE = "images"
 QEMU_OVERHEAD_MIB = 256  # qemu's own memory beyond the guest's (see VM-GAHP.md, pitfalls)
 JOB_MARGIN_S = 600  # --style qemu: run-one stops the VM itself; the hold is only a backstop
@@ -149,17 +148,6 @@ class Submitted:
 
 
 # -- the pool ---------------------------------------------------------------------------------
-def bindings():
-    try:
-        import htcondor2
-    except ImportError as exc:
-        raise InfraError(
-            f"the HTCondor Python bindings are not installed ({exc})",
-            hint="pip install 'vmharness[condor]' (module htcondor2)",
-        ) from None
-    return htcondor2
-
-
 def connect(pool: str | None):
     """The schedd to submit to, checked to answer now: InfraError (exit 3) when it does not."""
     htcondor = bindings()
@@ -603,182 +591,13 @@ def resubmit(folder, schedd) -> int:
     dag_file = folder.path.resolve() / CONDOR_DIR / DAG_FILE
     if not dag_file.is_file():
         raise UsageError(f"{folder.path} was not submitted to a pool (no {dag_file.name})")
-    if not status(folder).finished:
+    if not status.status(folder).finished:
         raise UsageError("its DAG is still in the queue", hint=f"vmharness status {folder.path}")
     if not list(dag_file.parent.glob(f"{DAG_FILE}.rescue[0-9][0-9][0-9]")):
         raise UsageError("nothing to run again: every node of its DAG succeeded")
     cluster = submit_dag(schedd, dag_file, rescue=True)
     folder.db.set_meta(condor_cluster=cluster)
     return cluster
-
-
-# -- following a DAG --------------------------------------------------------------------------
-@dataclass
-class Held:
-    run: str
-    node: str
-    job: str
-    reason: str
-    since: float
-
-
-@dataclass
-class Status:
-    run_dir: Path
-    dag_state: str  # not submitted | queued | running | done | removed
-    dag_exit: int | None
-    dag_cluster: int | None
-    jobs: dict[str, Counter] = field(default_factory=dict)  # layer -> state -> count
-    held: list[Held] = field(default_factory=list)
-    removed: list[tuple[str, str]] = field(default_factory=list)  # (run, reason)
-    failed: list[tuple[str, str]] = field(default_factory=list)  # (node, why): non-zero exit
-    runs: Counter = field(default_factory=Counter)  # pending | running | done
-    statuses: Counter = field(default_factory=Counter)
-    total: int = 0
-
-    @property
-    def finished(self) -> bool:
-        return self.dag_state in ("done", "removed")
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "run_dir": str(self.run_dir),
-            "dag": {
-                "state": self.dag_state,
-                "exit_code": self.dag_exit,
-                "cluster": self.dag_cluster,
-            },
-            "jobs": {k: dict(v) for k, v in self.jobs.items()},
-            "held": [vars(h) for h in self.held],
-            "removed": [{"run": r, "reason": why} for r, why in self.removed],
-            "failed": [{"node": n, "reason": why} for n, why in self.failed],
-            "runs": {"total": self.total, **dict(self.runs)},
-            "statuses": dict(self.statuses),
-        }
-
-
-def status(folder) -> Status:
-    """Progress of a submitted run folder: DAGMan's and the jobs' event logs + the run DB."""
-    htcondor = bindings()
-    T = htcondor.JobEventType
-    cdir = folder.path / CONDOR_DIR
-    meta = folder.db.meta()
-    st = Status(
-        run_dir=folder.path,
-        dag_state="not submitted",
-        dag_exit=None,
-        dag_cluster=meta.get("condor_cluster"),
-    )
-    dag_log = cdir / f"{DAG_FILE}.dagman.log"
-    if dag_log.is_file():
-        st.dag_state = "queued"
-        for ev in htcondor.JobEventLog(str(dag_log)).events(stop_after=0):
-            if st.dag_cluster is not None and ev.cluster != st.dag_cluster:
-                continue  # an earlier DAGMan of this folder (before a resubmit)
-            if ev.type == T.EXECUTE:
-                st.dag_state = "running"
-            elif ev.type == T.JOB_TERMINATED:
-                st.dag_state, st.dag_exit = "done", int(ev.get("ReturnValue", -1) or 0)
-            elif ev.type == T.JOB_ABORTED:
-                st.dag_state = "removed"
-    nodes_log = cdir / f"{DAG_FILE}.nodes.log"
-    node_of: dict[tuple[int, int], str] = {}
-    state_of: dict[str, tuple[str, tuple[int, int], float, str]] = {}
-    last_hold: dict[str, str] = {}
-    if nodes_log.is_file():
-        for ev in htcondor.JobEventLog(str(nodes_log)).events(stop_after=0):
-            key = (ev.cluster, ev.proc)
-            if ev.type == T.SUBMIT:
-                notes = str(ev.get("LogNotes", ""))
-                node = notes.split("DAG Node:", 1)[-1].strip() if "DAG Node:" in notes else ""
-                if node:
-                    node_of[key] = node
-                    state_of[node] = ("idle", key, ev.timestamp, "")
-                continue
-            node = node_of.get(key)
-            if node is None:
-                continue
-            new = {
-                T.EXECUTE: "running",
-                T.JOB_HELD: "held",
-                T.JOB_RELEASED: "idle",
-                T.JOB_EVICTED: "idle",
-                T.JOB_TERMINATED: "done",
-                T.JOB_ABORTED: "removed",
-            }.get(ev.type)
-            if new and state_of[node][0] not in ("done", "failed"):  # (ended jobs are
-                # "aborted" again when DAGMan leaves the queue)
-                why = ""
-                if new == "held":
-                    why = str(ev.get("HoldReason", "") or "held")
-                    last_hold[node] = why
-                elif new == "done" and (ev.get("ReturnValue", 0) or 0) != 0:
-                    new = "failed"
-                    why = f"exit code {ev.get('ReturnValue')}"
-                elif new == "removed":
-                    why = str(ev.get("Reason", "") or "condor_rm, no reason given")
-                    if "PeriodicRemove" in why:
-                        why = "by the job policy (--held-max or --queue-max)"
-                    if node in last_hold:
-                        why += f"; it had been held: {last_hold[node]}"
-                state_of[node] = (new, key, ev.timestamp, why)
-    for node, (state, key, when, why) in sorted(state_of.items()):
-        layer, _, run_id = node.rpartition("-")
-        st.jobs.setdefault(layer or node, Counter())[state] += 1
-        if state == "held":
-            st.held.append(
-                Held(run=run_id, node=node, job=f"{key[0]}.{key[1]}", reason=why, since=when)
-            )
-        elif state == "removed" and layer == "vm":
-            st.removed.append((run_id, why))
-        elif state == "failed":
-            st.failed.append((node, why))
-    results = folder.db.results()
-    for run_id, (state, _attempts) in folder.db.states().items():
-        st.total += 1
-        st.runs[state] += 1
-        if state == "done" and run_id in results:
-            st.statuses[results[run_id].status] += 1
-    return st
-
-
-def wait(
-    folder,
-    *,
-    poll_s: float = 2.0,
-    say: Callable[[str], None] = lambda _m: None,
-    timeout_s: float | None = None,
-) -> Status:
-    """Block until DAGMan has left the queue; say() a progress line whenever it changes."""
-    deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    last = ""
-    while True:
-        st = status(folder)
-        line = progress_line(st)
-        if line != last:
-            say(line)
-            last = line
-        if st.finished:
-            return st
-        if deadline is not None and time.monotonic() > deadline:
-            raise InfraError(
-                f"the DAG did not finish within {timeout_s:.0f}s",
-                hint=f"vmharness status {folder.path}",
-            )
-        time.sleep(poll_s)
-
-
-def progress_line(st: Status) -> str:
-    vm = st.jobs.get("vm", Counter())
-    parts = [
-        f"DAG {st.dag_state}" + (f" (exit {st.dag_exit})" if st.dag_exit is not None else ""),
-        f"runs {st.runs.get('done', 0)}/{st.total} done",
-    ]
-    if vm:
-        parts.append("VM jobs " + ", ".join(f"{n} {s}" for s, n in sorted(vm.items())))
-    if st.statuses:
-        parts.append(", ".join(f"{s} {n}" for s, n in sorted(st.statuses.items())))
-    return "; ".join(parts)
 
 
 def remove(folder, schedd=None, reason: str = "removed by vmharness") -> None:
@@ -790,20 +609,3 @@ def remove(folder, schedd=None, reason: str = "removed by vmharness") -> None:
         f"VmharnessRunDir == {json.dumps(str(folder.path.resolve()))}",
         reason=reason,
     )
-
-
-__all__ = [
-    "SubmitOptions",
-    "Status",
-    "Submitted",
-    "cache_content_names",
-    "connect",
-    "host_of",
-    "remove",
-    "resubmit",
-    "stage_images",
-    "status",
-    "submit",
-    "wait",
-    "write_dag",
-]

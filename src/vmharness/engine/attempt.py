@@ -1,4 +1,7 @@
-"""One run, end to end: disks -> VM -> output disk -> extracted logs -> verdict.
+"""One attempt of one run: disks -> VM -> output disk -> extracted logs -> verdict.
+
+Both engines use it: the local one (local.py) calls `execute`; on a pool, the DAG's nodes call
+`prepare` before the job and `collect` after it. `settle` is the one retry rule of both.
 
 Every file a run produces lives under its log folder (runs/<id>/ in the run folder):
     conditions.toml   the conditions given to the guest (a copy of the input disk's file)
@@ -17,15 +20,15 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import conditions as conditions_mod
-from .backends.base import VMJob, VMOutcome
-from .images.cache import BaseImage
-from .images.disks import make_input_disk, make_output_disk
-from .images.extract import Extraction, extract
-from .results import parse_results
-from .results.classify import classify
-from .results.model import RunResult, TestCounts
-from .spec import KnownFailure, Run
+from .. import conditions as conditions_mod
+from ..images.cache import BaseImage
+from ..images.disks import make_input_disk, make_output_disk
+from ..images.extract import Extraction, extract
+from ..results import parse_results
+from ..results.classify import classify
+from ..results.model import INFRA, RunResult, TestCounts
+from ..spec import KnownFailure, Run
+from ..vm.job import VMJob, VMOutcome
 
 RESULT_JSON_LIMIT = 1024 * 1024
 
@@ -160,6 +163,19 @@ def collect(
         job.output_disk.unlink(missing_ok=True)
     (log_dir / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
+
+
+def settle(result: RunResult, *, infra_before: int, retries: int, removed: bool = False) -> bool:
+    """Whether this attempt's verdict is the run's final one: the retry rule of every engine.
+
+    Only infrastructure failures (`died`) are retried, at most `retries` times after the first
+    attempt (`infra_before`: how many attempts of the run died before this one); a test
+    verdict is a result, never retried. A job removed from a pool (by a person, or by the
+    policy after a hold) is not retried either. A retried verdict says so in its reason."""
+    final = result.status not in INFRA or removed or infra_before >= retries
+    if not final:
+        result.reason += f" (attempt {result.attempt}; retrying)"
+    return final
 
 
 def execute(

@@ -1,7 +1,7 @@
-"""The local backend: one qemu process per run, on this machine.
+"""Running one VM job with qemu on this machine: command lines, the processes, snapshots.
 
-KVM is used only where a probe guest really boots under it within seconds (a /dev/kvm that
-exists but hangs guests is common on nested or paravirtual hosts); otherwise TCG, and we say so.
+The accelerator is chosen by accel.py; the local engine and a pool job's execute side both
+run their VMs through `LocalVMs` here.
 
 Three ways to start a run's VM:
 - from a warm-boot snapshot (the default for images vmharness built): a VM of the same shape
@@ -16,8 +16,6 @@ Three ways to start a run's VM:
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import os
 import platform
 import shlex
@@ -32,13 +30,10 @@ from pathlib import Path
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from ..errors import InfraError
-from .base import VMJob, VMOutcome
+from .accel import QEMU, qemu_version
+from .job import VMJob, VMOutcome
 from .snapshots import Snapshot, SnapshotStore
 
-QEMU = "qemu-system-x86_64"
-PROBE_TIMEOUT_S = 20
-PROBE_TTL_S = 24 * 3600
-ACCEL_ENV = "VMHARNESS_ACCEL"  # kvm | tcg | auto (default)
 # The agent of a VM booted with this on its kernel command line says READY_MARKER when it is
 # ready to be saved (see the guest agent).
 SNAPSHOT_FLAG = "vmharness.snapshot"
@@ -53,108 +48,12 @@ MIGRATION_TIMEOUT_S = 120  # saving or restoring the state; about a second here
 # Hot-pluggable PCIe ports for a restored VM's two run disks, and the nodes plugged into them.
 RUN_DISK_PORTS = (("vmh-port-out", "vmh-out"), ("vmh-port-in", "vmh-in"))
 
-# Every qemu this process started and has not seen end, so an interrupt can stop them all.
-_running: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
-_running_lock = threading.Lock()
-_stopping = threading.Event()
-
 
 class VMInterrupted(BaseException):
     """The VM was stopped because vmharness is being interrupted: not a verdict on the run.
 
     A BaseException so that no `except Exception` records it as a failure; the run stays
     `running` in the database and resume runs it again."""
-
-
-@functools.cache
-def qemu_version() -> str:
-    if not shutil.which(QEMU):
-        raise InfraError(
-            f"{QEMU} is not installed",
-            hint="sudo apt-get install qemu-system-x86 qemu-utils (or `make setup`)",
-        )
-    out = subprocess.run([QEMU, "--version"], capture_output=True, text=True).stdout
-    return out.splitlines()[0] if out else "unknown"
-
-
-def choose_accelerator(kernel: Path | None, cache_dir: Path, *, say=lambda _m: None) -> str:
-    """'kvm' if a probe guest boots under KVM within seconds here, else 'tcg'. Cached a day.
-
-    `kernel` is the probe guest's kernel; without one (only user-given images) nothing can be
-    probed, and TCG is the safe choice unless KVM is forced."""
-    forced = os.environ.get(ACCEL_ENV, "auto").lower()
-    if forced in ("kvm", "tcg"):
-        say(f"accelerator {forced} (forced by {ACCEL_ENV})")
-        return forced
-    if kernel is None:
-        say(f"accelerator tcg (no kernel to probe KVM with; set {ACCEL_ENV}=kvm to force it)")
-        return "tcg"
-    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
-        say("accelerator tcg: /dev/kvm is not usable here (software emulation, slower)")
-        return "tcg"
-    ident = {
-        "host": platform.node(),
-        "kernel": platform.release(),
-        "qemu": qemu_version(),
-        "probe_kernel": str(kernel),
-        "probe_kernel_mtime": kernel.stat().st_mtime,
-    }
-    cache = cache_dir / "accelerator.json"
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        saved = json.loads(cache.read_text())
-        if saved["ident"] == ident and time.time() - saved["at"] < PROBE_TTL_S:
-            say(f"accelerator {saved['accel']} ({saved['why']}; probed earlier)")
-            return saved["accel"]
-    accel, why = _probe_kvm(kernel)
-    say(f"accelerator {accel} ({why})")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"accelerator.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps({"ident": ident, "at": time.time(), "accel": accel, "why": why}))
-    os.replace(tmp, cache)
-    return accel
-
-
-def _probe_kvm(kernel: Path) -> tuple[str, str]:
-    # The guest kernel has no root disk, so a working KVM boots it to its "VFS: Unable to mount
-    # root fs" panic in well under a second, and -no-reboot ends qemu. A broken one hangs.
-    with tempfile.TemporaryDirectory(prefix="vmh-probe-") as tmp:
-        console = Path(tmp) / "console.log"
-        cmd = [
-            QEMU,
-            "-machine",
-            "q35,accel=kvm",
-            "-cpu",
-            "host",
-            "-m",
-            "256",
-            "-smp",
-            "1",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-kernel",
-            str(kernel),
-            "-append",
-            "console=ttyS0 panic=-1 loglevel=4",
-            "-serial",
-            f"file:{console}",
-        ]
-        t0 = time.monotonic()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return (
-                "tcg",
-                f"a probe guest hung under KVM for {PROBE_TIMEOUT_S}s; using software "
-                "emulation (slower)",
-            )
-        seconds = time.monotonic() - t0
-        text = console.read_text(errors="replace") if console.exists() else ""
-        if "Kernel panic" in text or "VFS:" in text:
-            return "kvm", f"a probe guest booted under KVM in {seconds:.1f}s"
-        detail = (proc.stderr.strip().splitlines() or ["no console output"])[-1]
-        return "tcg", f"KVM failed the probe ({detail}); using software emulation (slower)"
 
 
 def qemu_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> list[str]:
@@ -249,28 +148,91 @@ def _kernel_args(job: VMJob, cmdline: str) -> list[str]:
     return cmd
 
 
-def run_vm(job: VMJob, accel: str) -> VMOutcome:
+class VMProcesses:
+    """The qemu processes one vmharness started and has not yet seen end, so that an interrupt
+    stops them all; once stopping, no new VM starts (nothing would stop it)."""
+
+    def __init__(self) -> None:
+        self._running: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    def start(self, cmd: list[str], workdir: Path, qmp_socket: Path) -> subprocess.Popen[bytes]:
+        (workdir / "qemu-command.txt").write_text(shlex.join(cmd) + "\n")
+        with self._lock:
+            if self.stopping:
+                raise VMInterrupted(cmd[cmd.index("-name") + 1])
+            with open(workdir / "qemu-stderr.log", "wb") as err:
+                proc = subprocess.Popen(
+                    cmd,
+                    stdout=subprocess.DEVNULL,
+                    stderr=err,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+            self._running[proc.pid] = (proc, qmp_socket)
+        return proc
+
+    def forget(self, proc: subprocess.Popen[bytes], qmp_socket: Path) -> None:
+        if proc.poll() is None:
+            _stop(proc, qmp_socket)
+        with self._lock:
+            self._running.pop(proc.pid, None)
+
+    def stop_all(self) -> int:
+        """Stop every VM (on Ctrl-C): their runs stay `running` in the database and
+        `vmharness resume` runs them again."""
+        self._stopping.set()
+        with self._lock:
+            procs = list(self._running.values())
+        for proc, sock in procs:
+            _stop(proc, sock)
+        return len(procs)
+
+
+class LocalVMs:
+    """Runs VM jobs with qemu on this machine under one accelerator: the VM executor of the
+    local engine and of a pool job's execute side."""
+
+    def __init__(self, accel: str) -> None:
+        self.accel = accel
+        self.procs = VMProcesses()
+
+    def __call__(self, job: VMJob) -> VMOutcome:
+        return run_vm(job, self.accel, self.procs)
+
+    def stop_all(self) -> int:
+        return self.procs.stop_all()
+
+
+def run_vm(job: VMJob, accel: str, procs: VMProcesses) -> VMOutcome:
     """Start the run's VM (from a snapshot where it can) and wait for it to power off, or kill
     it at the wall-clock timeout."""
     job.workdir.mkdir(parents=True, exist_ok=True)
     why_not = ""
     if job.snapshot_store is not None and job.kernel is not None:
-        outcome, why_not = _run_from_snapshot(job, accel, SnapshotStore(job.snapshot_store))
+        outcome, why_not = _run_from_snapshot(procs, job, accel, SnapshotStore(job.snapshot_store))
         if outcome is not None:
             return outcome
-    outcome = _run_booting(job, accel)
+    outcome = _run_booting(procs, job, accel)
     outcome.boot = "direct kernel boot" if job.kernel is not None else "boot from disk"
     if why_not:
         outcome.boot += f" (no snapshot: {why_not})"
     return outcome
 
 
-def _run_booting(job: VMJob, accel: str) -> VMOutcome:
+def _run_booting(procs: VMProcesses, job: VMJob, accel: str) -> VMOutcome:
     overlay = job.workdir / "overlay.qcow2"
     _create_overlay(job.base_disk, overlay)
     with _qmp_dir() as qmp_socket:
         try:
-            return _run_qemu(job, accel, qemu_command(job, accel, overlay, qmp_socket), qmp_socket)
+            return _run_qemu(
+                procs, job, accel, qemu_command(job, accel, overlay, qmp_socket), qmp_socket
+            )
         finally:
             overlay.unlink(missing_ok=True)  # the run's writes to the root disk are thrown away
 
@@ -290,7 +252,7 @@ class _RestoreFailed(Exception):
 
 
 def _run_from_snapshot(
-    job: VMJob, accel: str, store: SnapshotStore
+    procs: VMProcesses, job: VMJob, accel: str, store: SnapshotStore
 ) -> tuple[VMOutcome | None, str]:
     """The run, restored from its shape's snapshot (made now if there is none).
 
@@ -299,7 +261,7 @@ def _run_from_snapshot(
     try:
         shape = _snapshot_shape(job, accel)
         key = store.key(shape)
-        snap, made_s = _snapshot_for(job, accel, store, key, shape)
+        snap, made_s = _snapshot_for(procs, job, accel, store, key, shape)
     except _SnapshotFailed as exc:
         return None, str(exc)
     except OSError as exc:  # e.g. a cache folder that cannot be written
@@ -330,7 +292,7 @@ def _run_from_snapshot(
                 started=lambda proc: restore_s.append(_restore(job, proc, qmp_socket, snap)),
             )
     except _RestoreFailed as exc:
-        if _stopping.is_set():  # we stopped it (Ctrl-C): the snapshot is not to blame
+        if procs.stopping:  # we stopped it (Ctrl-C): the snapshot is not to blame
             raise VMInterrupted(job.name) from exc
         if exc.snapshot_bad:
             with contextlib.suppress(OSError):
@@ -347,7 +309,7 @@ def _run_from_snapshot(
 
 
 def _snapshot_for(
-    job: VMJob, accel: str, store: SnapshotStore, key: str, shape: dict
+    procs: VMProcesses, job: VMJob, accel: str, store: SnapshotStore, key: str, shape: dict
 ) -> tuple[Snapshot, float]:
     """The snapshot for `key`, and the seconds spent making it here (0 if it was there)."""
     snap = store.find(key)
@@ -361,11 +323,11 @@ def _snapshot_for(
         # again (minutes apiece when the agent never gets ready).
         if failure := store.recent_failure(key):
             raise _SnapshotFailed(f"making one failed within the hour: {failure}")
-        if _stopping.is_set():
+        if procs.stopping:
             raise VMInterrupted(job.name)
         t0 = time.monotonic()
         try:
-            snap = _make_snapshot(job, accel, store, key, shape)
+            snap = _make_snapshot(procs, job, accel, store, key, shape)
         except _SnapshotFailed as exc:
             store.record_failure(key, str(exc))
             raise
@@ -416,7 +378,9 @@ def snapshot_shape(
     }
 
 
-def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str, shape: dict) -> Snapshot:
+def _make_snapshot(
+    procs: VMProcesses, job: VMJob, accel: str, store: SnapshotStore, key: str, shape: dict
+) -> Snapshot:
     """Boot a VM of the job's shape with no run disks, wait for its agent to say it is ready,
     and save it: memory and devices to `state`, its root overlay beside."""
     work = store.workdir(key)
@@ -424,7 +388,9 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str, shape
         overlay, console = work / "booted.qcow2", work / "console.log"
         _create_overlay(job.base_disk, overlay)
         with _qmp_dir() as qmp_socket:
-            proc = _start(_warm_command(job, accel, overlay, qmp_socket, console), work, qmp_socket)
+            proc = procs.start(
+                _warm_command(job, accel, overlay, qmp_socket, console), work, qmp_socket
+            )
             try:
                 _wait_for_marker(proc, console, READY_MARKER, SNAPSHOT_BOOT_TIMEOUT_S)
                 qmp = _connect(qmp_socket, proc)
@@ -445,14 +411,14 @@ def _make_snapshot(job: VMJob, accel: str, store: SnapshotStore, key: str, shape
                     _close(qmp)
                 proc.wait(timeout=30)
             finally:
-                _forget(proc, qmp_socket)
-        if _stopping.is_set():
+                procs.forget(proc, qmp_socket)
+        if procs.stopping:
             raise VMInterrupted(job.name)
         return store.publish(key, work, shape)
     except VMInterrupted:
         raise
     except Exception as exc:  # QMP errors too: whatever it was, the run can still boot
-        if _stopping.is_set():  # we stopped it (Ctrl-C): not the snapshot's failure
+        if procs.stopping:  # we stopped it (Ctrl-C): not the snapshot's failure
             raise VMInterrupted(job.name) from exc
         raise _SnapshotFailed(
             f"{type(exc).__name__}: {exc}" if not isinstance(exc, _SnapshotFailed) else str(exc)
@@ -595,33 +561,11 @@ def _qmp_dir():
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-def _start(cmd: list[str], workdir: Path, qmp_socket: Path) -> subprocess.Popen[bytes]:
-    (workdir / "qemu-command.txt").write_text(shlex.join(cmd) + "\n")
-    with _running_lock:  # no new VM once stop_all has begun: nothing would stop it
-        if _stopping.is_set():
-            raise VMInterrupted(cmd[cmd.index("-name") + 1])
-        with open(workdir / "qemu-stderr.log", "wb") as err:
-            proc = subprocess.Popen(
-                cmd,
-                stdout=subprocess.DEVNULL,
-                stderr=err,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        _running[proc.pid] = (proc, qmp_socket)
-    return proc
-
-
-def _forget(proc: subprocess.Popen[bytes], qmp_socket: Path) -> None:
-    if proc.poll() is None:
-        _stop(proc, qmp_socket)
-    with _running_lock:
-        _running.pop(proc.pid, None)
-
-
-def _run_qemu(job: VMJob, accel: str, cmd: list[str], qmp_socket: Path, started=None) -> VMOutcome:
+def _run_qemu(
+    procs: VMProcesses, job: VMJob, accel: str, cmd: list[str], qmp_socket: Path, started=None
+) -> VMOutcome:
     t0 = time.monotonic()
-    proc = _start(cmd, job.workdir, qmp_socket)
+    proc = procs.start(cmd, job.workdir, qmp_socket)
     try:
         if started is not None:
             started(proc)
@@ -632,8 +576,8 @@ def _run_qemu(job: VMJob, accel: str, cmd: list[str], qmp_socket: Path, started=
             _stop(proc, qmp_socket)
             code, ended = proc.returncode, "timeout"
     finally:  # Ctrl-C, our own kill or a failed restore: never leave a VM behind
-        _forget(proc, qmp_socket)
-    if _stopping.is_set():
+        procs.forget(proc, qmp_socket)
+    if procs.stopping:
         raise VMInterrupted(job.name)
     seconds = time.monotonic() - t0
     reason = ""
@@ -651,17 +595,6 @@ def _run_qemu(job: VMJob, accel: str, cmd: list[str], qmp_socket: Path, started=
         exit_code=code,
         host=platform.node(),
     )
-
-
-def stop_all() -> int:
-    """Stop every VM this process runs (on Ctrl-C): their runs stay `running` in the database
-    and `vmharness resume` runs them again."""
-    _stopping.set()
-    with _running_lock:
-        procs = list(_running.values())
-    for proc, sock in procs:
-        _stop(proc, sock)
-    return len(procs)
 
 
 def _create_overlay(base: Path, overlay: Path) -> None:

@@ -1,0 +1,1 @@
+"""HTCondor: submit, the DAG, its nodes, event logs and the execute side."""

@@ -1,0 +1,195 @@
+"""HTCondor event logs, read once, one way: what each job went through.
+
+Both the POST script (a run's verdict, condor/nodes.py) and `vmharness status`
+(condor/status.py) read the same logs through `read_jobs`, so a job's removal reason, holds
+and host are worded the same everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import InfraError
+from ..vm.job import VMOutcome
+from .job import OUTCOME_FILE, TIMEOUT_HOLD_SUBCODE
+
+
+def bindings():
+    try:
+        import htcondor2
+    except ImportError as exc:
+        raise InfraError(
+            f"the HTCondor Python bindings are not installed ({exc})",
+            hint="pip install 'vmharness[condor]' (module htcondor2)",
+        ) from None
+    return htcondor2
+
+
+@dataclass
+class JobHistory:
+    """What one HTCondor job went through, read from its event log."""
+
+    job_id: str = ""
+    node: str = ""  # the DAG node that submitted it (from the submit event's notes)
+    submitted: float | None = None
+    started: float | None = None  # last execute event
+    ended: float | None = None
+    host: str = ""
+    terminated: bool = False
+    return_value: int | None = None
+    aborted: bool = False
+    abort_reason: str = ""
+    holds: list[tuple[str, int, int]] = field(default_factory=list)  # (reason, code, subcode)
+    starts: int = 0
+    state: str = "idle"  # idle | running | held | done | failed | removed
+    since: float = 0.0  # when it entered `state`
+
+    @property
+    def finished(self) -> bool:
+        return self.terminated or self.aborted
+
+    @property
+    def last_hold(self) -> str:
+        return self.holds[-1][0] if self.holds else ""
+
+    @property
+    def timed_out(self) -> bool:
+        return bool(self.holds) and self.holds[-1][2] == TIMEOUT_HOLD_SUBCODE
+
+
+def host_of(execute_host: str) -> str:
+    """'<127.0.0.1:9620?addrs=...&alias=host>' -> 'host' (or the address)."""
+    text = execute_host.strip("<>")
+    for part in text.split("?", 1)[-1].split("&"):
+        if part.startswith("alias="):
+            return part[6:]
+    return text.split("?", 1)[0]
+
+
+def read_jobs(log: Path) -> dict[str, JobHistory]:
+    """Every job of an event log, by "cluster.proc", in the order they were submitted."""
+    htcondor = bindings()
+    T = htcondor.JobEventType
+    jobs: dict[str, JobHistory] = {}
+    if not log.is_file():
+        return jobs
+    for event in htcondor.JobEventLog(str(log)).events(stop_after=0):
+        job_id = f"{event.cluster}.{event.proc}"
+        if event.type == T.SUBMIT:
+            notes = str(event.get("LogNotes", "") or "")
+            node = notes.split("DAG Node:", 1)[-1].strip() if "DAG Node:" in notes else ""
+            jobs[job_id] = JobHistory(
+                job_id=job_id, node=node, submitted=event.timestamp, since=event.timestamp
+            )
+            continue
+        hist = jobs.get(job_id)
+        if hist is None or hist.finished:
+            # (a job that ended is "aborted" again when DAGMan leaves the queue: not a removal)
+            continue
+        if event.type == T.EXECUTE:
+            hist.started, hist.starts = event.timestamp, hist.starts + 1
+            hist.host = host_of(str(event.get("ExecuteHost", "")))
+            hist.state = "running"
+        elif event.type == T.JOB_HELD:
+            hist.holds.append(
+                (
+                    str(event.get("HoldReason", "") or "held"),
+                    int(event.get("HoldReasonCode", 0) or 0),
+                    int(event.get("HoldReasonSubCode", 0) or 0),
+                )
+            )
+            hist.state = "held"
+        elif event.type in (T.JOB_RELEASED, T.JOB_EVICTED):
+            hist.state = "idle"
+        elif event.type == T.JOB_TERMINATED:
+            hist.terminated, hist.ended = True, event.timestamp
+            if event.get("TerminatedNormally", True):
+                hist.return_value = int(event.get("ReturnValue", 0) or 0)
+            hist.state = "done" if hist.return_value == 0 else "failed"
+        elif event.type == T.JOB_ABORTED:
+            hist.aborted, hist.ended = True, event.timestamp
+            hist.abort_reason = str(event.get("Reason", "") or "")
+            hist.state = "removed"
+        else:
+            continue
+        hist.since = event.timestamp
+    return jobs
+
+
+def read_history(log: Path, job_id: str = "") -> JobHistory:
+    """The history of job `job_id` ("cluster.proc"; the last job in the log if empty)."""
+    jobs = read_jobs(log)
+    if job_id:
+        return jobs.get(job_id, JobHistory(job_id=job_id))
+    return next(reversed(jobs.values()), JobHistory())
+
+
+def removal_reason(hist: JobHistory, plan: dict[str, Any] | None = None) -> str:
+    """Why a job left the queue without ending, in words."""
+    plan = plan or {}
+    why = hist.abort_reason
+    if "PeriodicRemove" in why:  # our own policy (see condor.py, _policy)
+        if hist.holds:
+            held_max = plan.get("held_max_s")
+            return (
+                f"held for longer than {held_max}s (--held-max) and removed; hold reason: "
+                if held_max is not None
+                else "held too long and removed; hold reason: "
+            ) + hist.last_hold
+        return f"in the queue for longer than {plan.get('queue_max_s', '?')}s (--queue-max)"
+    text = f"removed ({why})" if why else "removed (condor_rm; no reason given)"
+    return text + (f"; it had been held: {hist.last_hold}" if hist.holds else "")
+
+
+def outcome_from(
+    hist: JobHistory, outcome: VMOutcome | None, style: str, plan: dict[str, Any] | None = None
+) -> VMOutcome:
+    """How the VM ended, from what run-one wrote (qemu style) or the job's events alone."""
+    seconds = (hist.ended - hist.started) if hist.ended and hist.started else 0.0
+    if hist.aborted:
+        if hist.timed_out:
+            return VMOutcome(
+                ended="timeout",
+                seconds=seconds,
+                accelerator="",
+                host=hist.host,
+                reason=hist.last_hold,
+            )
+        return VMOutcome(
+            ended="error",
+            seconds=seconds,
+            accelerator="",
+            host=hist.host,
+            reason=f"HTCondor job {hist.job_id}: {removal_reason(hist, plan)}",
+        )
+    if not hist.terminated:
+        return VMOutcome(
+            ended="error",
+            seconds=seconds,
+            accelerator="",
+            host=hist.host,
+            reason=f"the HTCondor job {hist.job_id or '(none)'} left no end in its "
+            "event log (was it ever submitted? see condor/*.dagman.out)",
+        )
+    if outcome is not None:
+        outcome.host = hist.host or outcome.host  # the execute point's name in the pool
+        return outcome
+    if style == "vm":  # VM universe: the job ends when the guest powers off
+        ok = hist.return_value == 0
+        return VMOutcome(
+            ended="poweroff" if ok else "error",
+            seconds=seconds,
+            accelerator="kvm (vm universe)",
+            host=hist.host,
+            reason="" if ok else f"VM universe job ended with {hist.return_value}",
+        )
+    return VMOutcome(
+        ended="error",
+        seconds=seconds,
+        accelerator="",
+        host=hist.host,
+        reason=f"the job came back without {OUTCOME_FILE} (exit code "
+        f"{hist.return_value}); see console.log",
+    )

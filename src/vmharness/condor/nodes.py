@@ -1,0 +1,281 @@
+"""What a submitted DAG runs: the steps of one run on the pool, and the job's own command.
+
+Run by DAGMan as the pool's user, on the submit side (see docs/condor.md); the files they
+share with the execute side are in job.py, the execute side itself in execute.py.
+    prep   local-universe node: make the run's disks (engine.attempt.prepare) and job.json
+    pre    PRE script of the VM node: the same again when DAGMan retries the node (or reruns it
+           from a rescue DAG); nothing on the first try
+    post   POST script of the VM node: read the job's events and what came back, decide the
+           verdict (engine.attempt.collect), record the attempt; exit 1 asks DAGMan to retry
+    final  FINAL node: write the reports (the DAG succeeds when tests fail: those are results)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from ..engine import attempt as runner
+from ..engine.attempt import ImageRef, RunContext, settle
+from ..results.model import INFRA, RunResult
+from ..rundir import RunFolder
+from ..spec import Run
+from ..state import RunDB
+from .events import JobHistory, outcome_from, read_history
+from .job import (
+    CONDOR_DIR,
+    JOB_FILE,
+    JOB_LOG,
+    OUTCOME_FILE,
+    PLAN_FILE,
+    SYSTEM_PATH,
+    job_in,
+    job_to_json,
+    read_job,
+    read_outcome,
+    write_json,
+)
+
+# POST script exit codes; the VM node has RETRY N UNLESS-EXIT 2.
+POST_OK, POST_RETRY, POST_FAILED = 0, 1, 2
+REPORT_REFRESH_S = 30  # POST scripts refresh the reports at most this often
+EVENT_WAIT_S = 20  # how long post waits for the job's final event to reach its log
+
+
+# -- submit side: the plan and the nodes ------------------------------------------------------
+def read_plan(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / CONDOR_DIR / PLAN_FILE).read_text())
+
+
+def _image_ref(plan: dict[str, Any], platform: str) -> ImageRef:
+    i = plan["images"][platform]
+    return ImageRef(
+        disk=Path(i["disk"]),
+        kernel=Path(i["kernel"]) if i.get("kernel") else None,
+        initrd=Path(i["initrd"]) if i.get("initrd") else None,
+        cmdline=i["cmdline"],
+        apt_source=i["apt_source"],
+        suite=i["suite"],
+        label=i["label"],
+    )
+
+
+def _context(folder: RunFolder, plan: dict[str, Any]) -> RunContext:
+    return RunContext(
+        run_dir=folder.path,
+        boot=plan.get("boot", "kernel"),
+        known_failures=folder.known_failures(),
+    )
+
+
+def _open(run_dir: Path, run_id: str) -> tuple[RunFolder, Run]:
+    folder = RunFolder.open(run_dir)
+    run = next((r for r in folder.db.runs() if r.id == run_id), None)
+    if run is None:
+        raise SystemExit(f"vmharness: no run {run_id} in {run_dir}")
+    return folder, run
+
+
+def prepare_attempt(folder: RunFolder, run: Run, plan: dict[str, Any]) -> int:
+    """Make the next attempt's disks and job description; record the attempt's start."""
+    _, attempts = folder.db.states()[run.id]
+    attempt = attempts + 1
+    ctx = _context(folder, plan)
+    image = _image_ref(plan, run.platform.name)
+    job, phases = runner.prepare(run, image, ctx, attempt)
+    i = plan["images"][run.platform.name]
+    use_kernel = job.kernel is not None
+    desc = job_to_json(
+        job,
+        run_id=run.id,
+        attempt=attempt,
+        base=i["job_disk"],
+        kernel=i.get("job_kernel") if use_kernel else None,
+        initrd=i.get("job_initrd") if use_kernel else None,
+        phases=phases,
+    )
+    write_json(job.workdir / JOB_FILE, desc)
+    folder.db.start_attempt(run.id)
+    return attempt
+
+
+def node_prep(run_dir: Path, run_id: str) -> int:
+    _system_path()
+    folder, run = _open(run_dir, run_id)
+    prepare_attempt(folder, run, read_plan(run_dir))
+    return 0
+
+
+def node_pre(run_dir: Path, node: str) -> int:
+    """PRE script of the VM node: nothing on a first try (the prep node made the disks); on a
+    DAGMan retry, or a rerun from a rescue DAG, a fresh attempt: new disks, job.json."""
+    run_id = node.rsplit("-", 1)[-1]
+    work = run_dir / "runs" / run_id / "work"
+    db = RunDB.open_existing(run_dir)
+    state, attempts = db.states()[run_id]
+    db.close()
+    try:
+        ready = (
+            read_job(work / JOB_FILE).get("attempt") == attempts
+            and state == "running"
+            and (work / "input.img").is_file()
+            and (work / "output.img").is_file()
+        )
+    except (OSError, ValueError):
+        ready = False
+    if not ready:
+        _system_path()
+        folder, run = _open(run_dir, run_id)
+        prepare_attempt(folder, run, read_plan(run_dir))
+    return 0
+
+
+def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: str = "") -> int:
+    """Decide and record one attempt of a run. Exit: 0 verdict, 1 retry (died), 2 died."""
+    _system_path()
+    run_id = node.rsplit("-", 1)[-1]
+    folder, run = _open(run_dir, run_id)
+    plan = read_plan(run_dir)
+    log_dir = runner.log_dir_for(run_dir, run)
+    work = log_dir / "work"
+    try:
+        desc = read_job(work / JOB_FILE)
+    except (OSError, ValueError) as exc:
+        desc = None
+        why = f"the run's job description is missing ({exc})"
+    job_id = job_id if job_id and not job_id.startswith("$") else ""
+    hist = _wait_for_end(log_dir / JOB_LOG, job_id)
+    attempt = int(desc["attempt"]) if desc else max(1, folder.db.states()[run.id][1])
+    if desc is None:
+        result = RunResult(
+            run_id=run.id, status="died", attempt=attempt, reason=why, host=hist.host
+        )
+    else:
+        outcome = outcome_from(hist, read_outcome(work / OUTCOME_FILE), plan["style"], plan)
+        job = job_in(desc, work)
+        job = replace(job, console_log=log_dir / "console.log")
+        try:
+            result = runner.collect(
+                run,
+                job,
+                outcome,
+                _context(folder, plan),
+                attempt,
+                dict(desc.get("phases") or {}),
+            )
+        except Exception as exc:  # noqa: BLE001 - an unreadable result is the run's, not ours
+            result = RunResult(
+                run_id=run.id,
+                status="died",
+                attempt=attempt,
+                host=outcome.host,
+                accelerator=outcome.accelerator,
+                reason=f"vmharness could not read what came back: {exc}",
+            )
+    result.hold_reason = hist.last_hold[:2000]
+    if hist.job_id:
+        result.versions = {**result.versions, "condor_job": hist.job_id}
+    died = result.status in INFRA
+    # DAGMan counts the node's retries, and it retries only what died, so `retry` is how many
+    # attempts died before this one. A removed job (by a person, or by our policy after a
+    # hold) is not retried: the hold policy already released what a retry could fix.
+    result.attempt = attempt
+    final = settle(result, infra_before=retry, retries=max_retries, removed=hist.aborted)
+    folder.db.finish_attempt(result, final=final)
+    if log_dir.is_dir():
+        write_json(log_dir / "run.json", asdict(result))
+    refresh_reports(folder)
+    # The retry's disks are made by the PRE script (node_pre), which DAGMan runs again first.
+    return POST_OK if not died else (POST_FAILED if final else POST_RETRY)
+
+
+def node_final(run_dir: Path) -> int:
+    _system_path()
+    folder = RunFolder.open(run_dir)
+    close_unfinished(folder)
+    console = Console(file=sys.stdout, width=120, force_terminal=False)
+    with _report_lock(run_dir, wait=True):
+        folder.write_reports(console)
+    return 0
+
+
+def close_unfinished(folder: RunFolder) -> list[str]:
+    """At the DAG's end, a run without a verdict will never get one: it died, and says why."""
+    closed = []
+    for run_id, (state, attempts) in folder.db.states().items():
+        if state == "done":
+            continue
+        if state == "pending" and attempts == 0:
+            why = (
+                f"it never ran: its prep node failed (see {CONDOR_DIR}/logs/prep-{run_id}.err)"
+                " or the DAG was removed first"
+            )
+        else:
+            why = (
+                "its VM job never came to a verdict: the DAG was removed, or the POST "
+                f"script failed (see {CONDOR_DIR}/*.dagman.out)"
+            )
+        folder.db.finish_attempt(
+            RunResult(
+                run_id=run_id,
+                status="died",
+                attempt=max(1, attempts),
+                reason=f"no verdict when the DAG ended: {why}",
+            ),
+            final=True,
+        )
+        closed.append(run_id)
+    return closed
+
+
+def refresh_reports(folder: RunFolder) -> None:
+    """Rewrite the reports if nobody did in the last REPORT_REFRESH_S (so they fill in as runs
+    finish) and no other POST script is writing them now."""
+    try:
+        age = time.time() - (folder.path / "results.json").stat().st_mtime
+    except OSError:
+        age = REPORT_REFRESH_S
+    if age < REPORT_REFRESH_S:
+        return
+    with contextlib.suppress(Exception), _report_lock(folder.path, wait=False) as locked:
+        if locked:
+            folder.write_reports(None, show=False)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _report_lock(run_dir: Path, *, wait: bool):
+    path = run_dir / CONDOR_DIR / "reports.lock"
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
+def _wait_for_end(log: Path, job_id: str) -> JobHistory:
+    # DAGMan learns of the end from its own log; the job's own log may lag a moment.
+    deadline = time.monotonic() + EVENT_WAIT_S
+    while True:
+        hist = read_history(log, job_id)
+        if hist.finished or time.monotonic() > deadline:
+            return hist
+        time.sleep(0.5)
+
+
+def _system_path() -> None:
+    # Nodes run with a bare environment; the disk tools live in sbin.
+    have = os.environ.get("PATH", "").split(":")
+    os.environ["PATH"] = ":".join(
+        [p for p in have if p] + [p for p in SYSTEM_PATH.split(":") if p not in have]
+    )

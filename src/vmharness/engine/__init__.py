@@ -1,0 +1,1 @@
+"""One attempt of one run, and the local orchestration of a matrix."""

@@ -1,0 +1,339 @@
+"""The local engine: a run folder's matrix on this machine, images first, then runs in
+parallel within this machine's means.
+
+Parallelism is bounded by cores and by memory (never more guest memory than the machine has
+available). Infrastructure failures (`died`) are retried up to `retries` times; test verdicts
+are results and are never retried here. Every transition goes through the run database, so a
+killed vmharness resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from ..errors import InfraError, SpecError
+from ..images.cache import DEFAULT_MAX_AGE_S, ImageCache
+from ..images.recipe import builtin_names, load_recipe
+from ..results.model import INFRA, PASSING, RunResult
+from ..rundir import RunFolder
+from ..spec import Run
+from ..state import PENDING, RunDB
+from ..vm.accel import choose_accelerator
+from ..vm.qemu import LocalVMs, snapshot_shape
+from ..vm.snapshots import SnapshotStore
+from .attempt import ImageRef, RunContext, VMExecutor, execute, settle
+
+VM_OVERHEAD_MIB = 256  # qemu itself, per VM, beyond the guest's memory
+HOST_RESERVE_MIB = 1024
+DEFAULT_RETRIES = 2
+
+
+def mem_available_mib() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return 2048
+
+
+def parallel_slots(runs: list[Run], requested: int | None = None) -> tuple[int, str]:
+    """How many VMs at once, and why that many."""
+    cores = os.cpu_count() or 1
+    biggest = max((r.vm.memory_mib for r in runs), default=1024) + VM_OVERHEAD_MIB
+    by_memory = max(1, (mem_available_mib() - HOST_RESERVE_MIB) // biggest)
+    by_cpu = max(1, cores // max(1, min((r.vm.cpus for r in runs), default=1)))
+    limit = min(by_cpu, by_memory)
+    if requested:
+        n = min(requested, by_memory)
+        why = f"{n} at once (asked {requested}" + (
+            f", memory allows {by_memory})" if requested > by_memory else ")"
+        )
+        return n, why
+    return limit, f"{limit} at once ({cores} cores, memory for {by_memory})"
+
+
+@dataclass
+class Progress:
+    """What the live table shows; updated from worker threads."""
+
+    total: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running: dict[str, tuple[Run, float, int]] = field(default_factory=dict)
+    done: dict[str, RunResult] = field(default_factory=dict)
+
+    def table(self) -> Table:
+        with self.lock:
+            t = Table(title=f"{len(self.done)}/{self.total} runs done", expand=False)
+            for col in ("run", "platform", "source", "package set", "state", "time"):
+                t.add_column(col)
+            now = time.monotonic()
+            for run_id, (run, start, attempt) in sorted(self.running.items()):
+                state = "running" + (f" (attempt {attempt})" if attempt > 1 else "")
+                t.add_row(
+                    run_id,
+                    run.platform.name,
+                    run.source.label,
+                    run.package_set.label,
+                    f"[yellow]{state}",
+                    f"{now - start:5.0f}s",
+                )
+            counts: dict[str, int] = {}
+            for r in self.done.values():
+                counts[r.status] = counts.get(r.status, 0) + 1
+            if counts:
+                t.caption = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+            return t
+
+
+def run_matrix(
+    db: RunDB,
+    runs: list[Run],
+    images: dict[str, ImageRef],
+    ctx: RunContext,
+    vm: VMExecutor,
+    *,
+    slots: int,
+    retries: int = DEFAULT_RETRIES,
+    console: Console | None = None,
+    on_result: Callable[[Run, RunResult], None] | None = None,
+    on_interrupt: Callable[[], object] | None = None,
+) -> dict[str, RunResult]:
+    """Run every pending run of `runs` (others are already done). Returns the new verdicts."""
+    console = console or Console()
+    states = db.states()
+    todo = [r for r in runs if states.get(r.id, (PENDING, 0))[0] == PENDING]
+    progress = Progress(total=len(runs))
+    progress.done.update({k: v for k, v in db.results().items() if states[k][0] == "done"})
+    results: dict[str, RunResult] = {}
+
+    def one(run: Run) -> RunResult:
+        attempt = db.start_attempt(run.id)
+        with progress.lock:
+            progress.running[run.id] = (run, time.monotonic(), attempt)
+        try:
+            result = execute(run, images[run.platform.name], ctx, vm, attempt)
+        except Exception as exc:  # our side failed (disk tools, qemu missing): infra, retry
+            result = RunResult(
+                run_id=run.id,
+                status="died",
+                attempt=attempt,
+                reason=f"vmharness could not run it: {exc}",
+            )
+        result.attempt = attempt
+        final = settle(result, infra_before=db.count_attempts(run.id, "died"), retries=retries)
+        db.finish_attempt(result, final=final)
+        with progress.lock:
+            progress.running.pop(run.id, None)
+            if final:
+                progress.done[run.id] = result
+        if final and on_result:
+            on_result(run, result)
+        return result
+
+    queue = list(todo)
+    live = (
+        Live(
+            progress.table(),
+            console=console,
+            refresh_per_second=2,
+            transient=True,
+            auto_refresh=False,
+        )
+        if console.is_terminal
+        else None
+    )
+    with ThreadPoolExecutor(max_workers=slots) as pool:
+        pending: dict[Future[RunResult], Run] = {}
+        if live:
+            live.start()
+        try:
+            while queue or pending:
+                while queue and len(pending) < slots:
+                    run = queue.pop(0)
+                    pending[pool.submit(one, run)] = run
+                finished, _ = wait(list(pending), timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    run = pending.pop(fut)
+                    result = fut.result()
+                    if result.status in INFRA and db.states()[run.id][0] == PENDING:
+                        queue.append(run)  # retry at the back, after the others had a turn
+                    else:
+                        results[run.id] = result
+                if live:
+                    live.update(progress.table(), refresh=True)
+        except KeyboardInterrupt:
+            queue.clear()
+            for fut in pending:
+                fut.cancel()
+            if on_interrupt:  # stop the VMs so the pool's threads can end
+                on_interrupt()
+            raise
+        finally:
+            if live:
+                live.stop()
+    return results
+
+
+def images_for(
+    runs: list[Run],
+    cache: ImageCache,
+    console: Console,
+    *,
+    max_age_s: float = DEFAULT_MAX_AGE_S,
+    rebuild: bool = False,
+) -> dict[str, ImageRef]:
+    """Each platform's image: from the cache, built when missing or too old."""
+    images: dict[str, ImageRef] = {}
+    for run in runs:
+        plat = run.platform
+        if plat.name in images:
+            continue
+        if plat.image is not None:
+            if not plat.image.is_file():
+                raise SpecError(f"image file {plat.image} for platform {plat.name} is missing")
+            images[plat.name] = ImageRef.given(plat.image)
+            continue
+        if plat.recipe is None:
+            raise SpecError(
+                f"platform {plat.name} maps to no recipe or image",
+                hint=f"map it with --platform-map; built-in recipes: {', '.join(builtin_names())}",
+            )
+        recipe = load_recipe(plat.recipe)
+        with console.status(f"image for {plat.name}: looking up the cache") as status:
+            t0 = time.monotonic()
+
+            def say(msg: str, _s=status, _n=plat.name, _t=t0) -> None:
+                if msg.startswith("WARNING"):  # must stay on screen, not in the status line
+                    console.print(f"[yellow]image for {_n}: {msg}", highlight=False)
+                _s.update(f"image for {_n} [{time.monotonic() - _t:4.0f}s]: {msg}")
+
+            image = cache.get(recipe, max_age_s=max_age_s, rebuild=rebuild, progress=say)
+        age = image.age_s()
+        console.print(
+            f"image [bold]{plat.name}[/]: {image.folder.name} "
+            f"({image.size_bytes / 1e6:.0f} MB, built {age / 3600:.1f} h ago)"
+        )
+        images[plat.name] = ImageRef.from_cache(image)
+    return images
+
+
+def run_locally(
+    folder: RunFolder,
+    cache: ImageCache,
+    console: Console,
+    *,
+    jobs: int | None,
+    retries: int = DEFAULT_RETRIES,
+    boot: str = "snapshot",
+    max_age_s: float = DEFAULT_MAX_AGE_S,
+    rebuild: bool = False,
+) -> None:
+    runs = folder.db.runs()
+    images = images_for(runs, cache, console, max_age_s=max_age_s, rebuild=rebuild)
+    probe_kernel = next((i.kernel for i in images.values() if i.kernel), None)
+    accel = choose_accelerator(probe_kernel, cache.root, say=lambda m: console.print(m))
+    slots, why = parallel_slots(runs, jobs)
+    recovered = folder.db.recover_interrupted()
+    if recovered:
+        console.print(f"resuming: {len(recovered)} run(s) were interrupted and will run again")
+    pending = sum(1 for s, _ in folder.db.states().values() if s == "pending")
+    if 0 < pending < slots:
+        slots, why = pending, f"{pending} at once (as many as there are runs)"
+    console.print(f"{pending} run(s) to do, {why}; logs in [bold]{folder.path}[/]")
+    store = cache.root / "snapshots"
+    if boot == "snapshot":
+        # Those of images the cache no longer has are ~130 MB of nothing.
+        with contextlib.suppress(OSError):  # tidying up must never stop the runs
+            SnapshotStore(store).prune({image.folder.name for image in cache.list()})
+        todo = [run for run in runs if folder.db.states()[run.id][0] == "pending"]
+        console.print(_snapshot_plan(todo, images, accel, SnapshotStore(store)))
+    ctx = RunContext(
+        run_dir=folder.path,
+        boot=boot,
+        snapshot_store=store,
+        known_failures=folder.known_failures(),
+    )
+
+    def line(run: Run, result: RunResult) -> None:
+        colour = "green" if result.status in PASSING else "red"
+        console.print(
+            f"[{colour}]{result.status:8}[/] {run.id} {run.platform.name} / "
+            f"{run.source.label} / {run.package_set.label}  "
+            f"{result.duration_s:6.1f}s  {result.reason[:100]}"
+        )
+
+    folder.db.set_meta(accelerator=accel)
+    vms = LocalVMs(accel)
+    run_matrix(
+        folder.db,
+        runs,
+        images,
+        ctx,
+        vms,
+        slots=slots,
+        retries=retries,
+        console=console,
+        on_result=line,
+        on_interrupt=vms.stop_all,
+    )
+
+
+def _snapshot_plan(
+    runs: list[Run], images: dict[str, ImageRef], accel: str, store: SnapshotStore
+) -> str:
+    """Says how the VMs will start: from how many warm-boot snapshots, and how many of those
+    the first run of their shape makes (it takes that run a boot longer, once)."""
+    keys: set[str] = set()
+    booting = 0
+    for run in runs:
+        image = images[run.platform.name]
+        if image.kernel is None:  # an image of the user's boots from its own disk
+            booting += 1
+            continue
+        with contextlib.suppress(OSError):
+            keys.add(
+                store.key(
+                    snapshot_shape(
+                        image.disk,
+                        image.kernel,
+                        image.initrd,
+                        image.cmdline,
+                        accel,
+                        memory_mib=run.vm.memory_mib,
+                        cpus=run.vm.cpus,
+                        network=run.vm.network,
+                    )
+                )
+            )
+    missing = sum(1 for key in keys if store.find(key) is None)
+    text = f"VMs start from {len(keys)} warm-boot snapshot(s)"
+    if missing:
+        text += (
+            f"; {missing} not made yet: the first run of each makes it (one boot, "
+            f"{'about 12 s under TCG' if accel == 'tcg' else 'a few seconds'})"
+        )
+    if booting:
+        text += f"; {booting} run(s) on given images boot from their disk"
+    return text
+
+
+def check_can_run(results: dict[str, RunResult]) -> None:
+    if results and all(r.status == "died" for r in results.values()):
+        first = next(iter(results.values()))
+        raise InfraError(
+            f"no run could be done: {first.reason}",
+            hint="look at the console.log of a run under runs/",
+        )

@@ -1,0 +1,1 @@
+"""Virtual machines: a VM job in, its outcome out (qemu, the accelerator, snapshots)."""
