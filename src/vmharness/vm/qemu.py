@@ -285,6 +285,7 @@ def _run_from_snapshot(
                 "defer",
             ]
             outcome = _run_qemu(
+                procs,
                 job,
                 accel,
                 cmd,
