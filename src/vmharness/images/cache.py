@@ -10,6 +10,7 @@ Layout under the cache root (default ~/.cache/vmharness, or $VMHARNESS_CACHE):
 
 from __future__ import annotations
 
+import builtins
 import fcntl
 import hashlib
 import json
@@ -234,10 +235,10 @@ class ImageCache:
         return image
 
     # -- pruning ----------------------------------------------------------------------------
-    def prune(self, keep: int = 1, dry_run: bool = False) -> list[Path]:
+    def prune(self, keep: int = 1, dry_run: bool = False) -> builtins.list[Path]:
         """Keep the newest `keep` images per recipe; remove the rest and stale build leftovers."""
-        removed: list[Path] = []
-        by_recipe: dict[str, list[BaseImage]] = {}
+        removed: builtins.list[Path] = []
+        by_recipe: dict[str, builtins.list[BaseImage]] = {}
         for image in self.list():
             by_recipe.setdefault(image.recipe, []).append(image)
         for images in by_recipe.values():

@@ -85,7 +85,7 @@ def _suite(run: Run, result: RunResult | None) -> ET.Element:
     prop("run_id", run.id)
     prop("status", status)
     if result is not None:
-        for name, value in (
+        values: tuple[tuple[str, object], ...] = (
             ("reason", result.reason),
             ("accelerator", result.accelerator),
             ("boot", result.boot),
@@ -93,13 +93,14 @@ def _suite(run: Run, result: RunResult | None) -> ET.Element:
             ("log_dir", result.log_dir),
             ("exit_code", "" if result.exit_code is None else result.exit_code),
             ("hold_reason", result.hold_reason),
-        ):
+        )
+        for name, value in values:
             if value not in ("", None):
                 prop(name, value)
         for k, v in result.counts.as_dict().items():
             prop(f"tests.{k}", v)
-        for k, v in result.versions.items():
-            prop(f"version.{_x(k, 100)}", v)
+        for key, version in result.versions.items():
+            prop(f"version.{_x(key, 100)}", version)
 
     carried = False  # does a testcase already carry the run's failure?
     tests = getattr(result, "tests", None) if result is not None else None

@@ -26,6 +26,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
@@ -515,7 +516,7 @@ def _wait_migration(
 ) -> None:
     deadline = time.monotonic() + MIGRATION_TIMEOUT_S
     while time.monotonic() < deadline:
-        status = qmp.cmd("query-migrate")
+        status: dict[str, Any] = qmp.cmd("query-migrate")  # type: ignore[assignment]
         if status.get("status") == "completed":
             return
         if status.get("status") in ("failed", "cancelled"):

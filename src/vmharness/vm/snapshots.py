@@ -17,6 +17,7 @@ prune` removes the snapshots of images that are gone.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import fcntl
 import hashlib
@@ -148,9 +149,9 @@ class SnapshotStore:
             return []
         return [s for d in sorted(self.root.iterdir()) if (s := self.find(d.name)) is not None]
 
-    def by_image(self) -> dict[str, list[Snapshot]]:
+    def by_image(self) -> dict[str, builtins.list[Snapshot]]:
         """Snapshots by the name of the image folder they were made from."""
-        out: dict[str, list[Snapshot]] = {}
+        out: dict[str, builtins.list[Snapshot]] = {}
         for snap in self.list():
             try:
                 image = str(snap.meta().get("image_folder", ""))
@@ -159,7 +160,7 @@ class SnapshotStore:
             out.setdefault(image, []).append(snap)
         return out
 
-    def prune(self, images_present: set[str], dry_run: bool = False) -> list[Path]:
+    def prune(self, images_present: set[str], dry_run: bool = False) -> builtins.list[Path]:
         """Remove snapshots of images no longer in the cache or unused for a week (an old
         qemu's, a VM shape no spec asks for any more), spent failure markers and leftovers.
 
