@@ -1,0 +1,84 @@
+"""The guest agent's pure helpers, run on the host: it is standard-library Python, so its
+functions can be loaded from the file that goes into the image, unchanged."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import shutil
+import subprocess
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from vmharness.images.disks import make_input_disk, make_output_disk
+
+AGENT = Path(__file__).resolve().parents[2] / "src" / "vmharness" / "guest" / "vmharness-agent"
+
+
+@pytest.fixture(scope="module")
+def agent() -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("vmharness_agent", str(AGENT))
+    spec = importlib.util.spec_from_loader("vmharness_agent", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)  # the `__main__` block does not run
+    return module
+
+
+@pytest.mark.skipif(not shutil.which("mkfs.fat"), reason="needs dosfstools and e2fsprogs")
+@pytest.mark.parametrize("size_mib", [8, 300])  # FAT16 and FAT32 layouts
+def test_the_agent_finds_the_disks_the_host_makes_by_their_labels(
+    agent: ModuleType, tmp_path: Path, size_mib: int
+) -> None:
+    make_input_disk(tmp_path / "in.img", "version = 1\n")
+    make_output_disk(tmp_path / "out.img", size_mib)
+    assert agent.disk_label(str(tmp_path / "in.img")) == agent.INPUT_LABEL
+    assert agent.disk_label(str(tmp_path / "out.img")) == agent.OUTPUT_LABEL
+
+
+def test_a_disk_without_a_filesystem_has_no_label(agent: ModuleType, tmp_path: Path) -> None:
+    (tmp_path / "zero.img").write_bytes(bytes(4096))
+    (tmp_path / "short.img").write_bytes(b"\x55\xaa")
+    assert agent.disk_label(str(tmp_path / "zero.img")) is None
+    assert agent.disk_label(str(tmp_path / "short.img")) is None
+    assert agent.disk_label(str(tmp_path / "missing.img")) is None
+
+
+@pytest.mark.skipif(not Path("/var/lib/dpkg/status").is_file(), reason="not a Debian host")
+def test_package_lists_match_dpkg_query(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent reads dpkg's status file itself (no process); its lines must be dpkg-query's."""
+    monkeypatch.setattr(agent, "OUTPUT_DIR", str(tmp_path))
+    arch = subprocess.run(
+        ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    monkeypatch.setattr(agent, "NATIVE_ARCH", arch)
+    agent.Agent.list_packages(None, "packages.txt")
+    fmt = "${Package}:${Architecture}\t${Version}\t${Status}\n"
+    out = subprocess.run(["dpkg-query", "-W", "-f", fmt], capture_output=True, text=True).stdout
+    expected = sorted(
+        line.replace(f":{arch}\t", "\t").replace(":all\t", "\t") + "\n" for line in out.splitlines()
+    )
+    got = (tmp_path / "packages.txt").read_text().splitlines(keepends=True)
+    assert got == expected
+    assert len(got) > 50
+
+
+def test_fqdn_prefers_the_dotted_name_of_this_host(
+    agent: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n127.0.1.1 vmtest.localdomain vmtest # fixed name\n")
+    real_open = open
+
+    def fake_open(path: str, *args: object, **kw: object):  # type: ignore[no-untyped-def]
+        return real_open(hosts if path == "/etc/hosts" else path, *args, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(agent.os, "uname", lambda: type("U", (), {"nodename": "vmtest"})())
+    monkeypatch.setattr("builtins.open", fake_open)
+    assert agent.fqdn() == "vmtest.localdomain"
+    hosts.write_text("127.0.0.1 localhost\n")
+    assert agent.fqdn() == "vmtest"
