@@ -1,0 +1,102 @@
+"""From a Spec to its runs: matrix expansion (duplicates dropped) and the checks made before
+anything runs (every platform maps to something this machine can run).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from vmharness.errors import SpecError
+
+from .models import Matrix, Run, Source, Spec, is_recipe_path
+from .yamlread import where
+
+
+def check_platforms(spec: Spec, known_recipes: set[str] | Iterable[str]) -> None:
+    """Raise SpecError listing every platform that maps to no buildable recipe or image.
+
+    A platform is fine when its image file exists, its recipe file exists, or its recipe name
+    is one of `known_recipes`.
+    """
+    known = set(known_recipes)
+    problems: list[tuple[str, str, tuple[str, int] | None]] = []
+    for p in spec.platforms:
+        loc = spec.origins.get(f"platform:{p.name}")
+        if p.image is not None:
+            if not Path(p.image).is_file():
+                problems.append((p.name, f"image file {p.image} does not exist", loc))
+        elif p.recipe is None:
+            problems.append((p.name, "not mapped to a recipe or an image", loc))
+        elif is_recipe_path(p.recipe):
+            if not Path(p.recipe).is_file():
+                problems.append((p.name, f"recipe file {p.recipe} does not exist", loc))
+        elif p.recipe not in known:
+            problems.append((p.name, f"no built-in recipe named '{p.recipe}'", loc))
+    if not problems:
+        return
+    lines = [
+        f"  {name}: {why}" + (f" ({where(loc)})" if loc else "") for name, why, loc in problems
+    ]
+    first = problems[0][2]
+    example = problems[0][0]
+    recipes = ", ".join(sorted(known)) or "none"
+    some = sorted(known)[0] if known else "debian-12"
+    raise SpecError(
+        f"{len(problems)} platform(s) map to nothing this machine can run:\n" + "\n".join(lines),
+        file=first[0] if first else spec.path,
+        line=first[1] if first else None,
+        field="platforms",
+        hint=(
+            f"map each platform to a built-in recipe (known: {recipes}), a recipe file or an "
+            "image file, in the spec or in a file given with --platform-map FILE:\n"
+            f"  platform_map:\n    {example}: {some}\n"
+            f"    other_platform: {{image: /path/to/disk.qcow2}}"
+        ),
+    )
+
+
+def expand(spec: Spec) -> list[Run]:
+    """All runs of a spec: per file, platforms x sources x package sets, duplicates dropped.
+
+    The order is stable (files in name order, then platform, source, package set as written);
+    ids are "0001", "0002", ... in that order.
+    """
+    matrices = spec.matrices or [
+        Matrix(tuple(spec.platforms), tuple(spec.sources), tuple(spec.package_sets))
+    ]
+    repos_of: dict[str, tuple[tuple[str, str], ...]] = {}
+    seen: set[tuple[str, str, str]] = set()
+    runs: list[Run] = []
+    test, vm = spec.test, spec.vm
+    for m in matrices:
+        for platform in m.platforms:
+            for source in m.sources:
+                repos = repos_of.get(source.label)
+                if repos is None:
+                    repos = repos_of[source.label] = _repositories_for(spec, source)
+                for pset in m.package_sets:
+                    key = (platform.name, source.label, pset.label)
+                    if key in seen:
+                        continue
+                    seen.add(key)
+                    runs.append(
+                        Run(
+                            id=f"{len(runs) + 1:04d}",
+                            platform=platform,
+                            source=source,
+                            package_set=pset,
+                            test=test,
+                            vm=vm,
+                            repositories=repos,
+                        )
+                    )
+    return runs
+
+
+def _repositories_for(spec: Spec, source: Source) -> tuple[tuple[str, str], ...]:
+    out: list[tuple[str, str]] = []
+    for name in (*source.repos, *source.upgrade_to):
+        if name in spec.repositories and all(n != name for n, _ in out):
+            out.append((name, spec.repositories[name]))
+    return tuple(out)
