@@ -28,7 +28,7 @@ from .errors import (
 )
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, load_recipe
-from .spec import check_platforms, expand, load_spec, parse_duration
+from .spec import check_platforms, expand, json_schema_text, load_spec, parse_duration
 from .vm.snapshots import SnapshotStore
 
 # Piped into a CI log, lines are not folded at 80 columns in the middle of paths and messages.
@@ -142,6 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     _spec_args(p)
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.set_defaults(func=cmd_matrix)
+
+    p = cmd("schema", "print the JSON Schema of the spec format, for editors that check YAML")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write it to FILE instead")
+    p.set_defaults(func=cmd_schema)
 
     p = cmd("resume", "finish a run folder whose vmharness was stopped (no run lost or redone)")
     p.add_argument("rundir", type=Path, help=RUNDIR_HELP)
@@ -355,6 +359,16 @@ def cmd_matrix(args: argparse.Namespace) -> int:
             pk if len(pk) < 60 else pk[:57] + "...",
         )
     console.print(table)
+    return EXIT_PASS
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = json_schema_text()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
     return EXIT_PASS
 
 

@@ -11,7 +11,7 @@ Public API:
 - `expand(spec) -> list[Run]`: platforms x sources x package sets, ids "0001", "0002", ...
 - `load_known_failures(path) -> list[KnownFailure]`: vmharness and OSG known-failure lists.
 - `parse_duration(...)`, `parse_size_mib(...)`: "20m" -> 1200, "2G" -> 2048.
-- `json_schema()`: a JSON Schema of our spec dialect (`vmharness schema`).
+- `json_schema()`, `json_schema_text()`: a JSON Schema of our spec dialect (`vmharness schema`).
 
 Modules, bottom up (imports run one way, upwards in this list never):
 
@@ -30,7 +30,15 @@ Modules, bottom up (imports run one way, upwards in this list never):
 from __future__ import annotations
 
 from .expand import check_platforms, expand
-from .fields import KNOWN_FAILURE_KEYS, MATRIX_KEYS, TEST_KEYS, TOP_KEYS, VM_KEYS, json_schema
+from .fields import (
+    KNOWN_FAILURE_KEYS,
+    MATRIX_KEYS,
+    TEST_KEYS,
+    TOP_KEYS,
+    VM_KEYS,
+    json_schema,
+    json_schema_text,
+)
 from .known_failures import load_known_failures
 from .load import load_spec
 from .models import (
@@ -90,6 +98,7 @@ __all__ = [
     "expand",
     "is_recipe_path",
     "json_schema",
+    "json_schema_text",
     "load_known_failures",
     "load_spec",
     "parse_duration",
