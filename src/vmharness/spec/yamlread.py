@@ -4,13 +4,22 @@ A file is composed into YAML nodes, which keep where they were written, and read
 accessors (`YamlDoc.string`, `.integer`, `.mapping`, ...) whose every error is a `SpecError`
 naming file, line and field: "spec.yaml:7: field 'vm.cpus': expected a whole number, got 'two'".
 Nothing here knows what a spec is; the callers say which keys a mapping may hold.
+
+Before anything is read, a file must be a regular file of at most MAX_YAML_BYTES, UTF-8 text,
+plain YAML (no tags: `!!python/...`, `!!binary`, `!custom`), say each key of a mapping once
+(YAML itself keeps the last of two silently) and hold at most MAX_YAML_NODES values once its
+aliases are expanded (a few lines of nested aliases can stand for billions). The rest is up to
+the callers.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 import re
+import stat
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +34,11 @@ Loc = tuple[str, int]
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _NULL_TAG = "tag:yaml.org,2002:null"
 _TOP_KEY_RE = re.compile(r"^([A-Za-z_][\w-]*)\s*:")
+# A spec, recipe or known-failures file is a few KiB (each of the OSG's parameter files is
+# 3 KiB, about 100 values): anything near these is no such file, and reading it would only fill
+# memory (a composed value costs some hundred bytes) or stall the readers.
+MAX_YAML_BYTES = 4 * 1024 * 1024
+MAX_YAML_NODES = 200_000
 
 
 def line_of(node: Node | None) -> int | None:
@@ -70,6 +84,64 @@ def section_at(text: str, line: int | None) -> str | None:
     return None
 
 
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, for messages."""
+    for test, what in (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISSOCK, "a socket"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+@dataclass
+class _Frame:
+    """A mapping or list being parsed: its field, and what comes next in it."""
+
+    path: str
+    is_map: bool
+    index: int = 0  # lists: the next item's index
+    key: str | None = None  # mappings: the key whose value comes next; None: a key comes next
+    seen: dict[str, int] = field(default_factory=dict)  # mappings: key -> its line
+    anchor: str | None = None  # its anchor, if it has one
+    before: int = 0  # values in the file before it, aliases expanded
+
+
+def _line_at(event: yaml.Event) -> int:
+    return event.start_mark.line + 1 if event.start_mark is not None else 1
+
+
+def _join(parent: str, key: str) -> str:
+    return f"{parent}.{key}" if parent else key
+
+
+def _field_here(parent: _Frame | None, event: yaml.NodeEvent, root: str | None) -> str | None:
+    """The field of the node an event starts: "vm.cpus", "platforms[0]", a key's own name."""
+    if parent is None:
+        return root
+    if not parent.is_map:
+        return f"{parent.path}[{parent.index}]"
+    if parent.key is None:  # the event is a key
+        return _join(parent.path, event.value if isinstance(event, yaml.ScalarEvent) else "?")
+    return _join(parent.path, parent.key)
+
+
+def _done(parent: _Frame | None, event: yaml.Event) -> None:
+    """A node of `parent` is complete: move on to its next key, value or item."""
+    if parent is None:
+        return
+    if not parent.is_map:
+        parent.index += 1
+    elif parent.key is None:
+        parent.key = event.value if isinstance(event, yaml.ScalarEvent) else "?"
+    else:
+        parent.key = None
+
+
 class YamlDoc:
     """One YAML file composed into nodes (which keep their line), plus typed accessors.
 
@@ -90,7 +162,11 @@ class YamlDoc:
             text = self._read_text()
         self.loader = _Loader(text)
         try:
+            self._check_plain(text)
             self.root = self.loader.get_single_node()
+        except SpecError:
+            self.close()
+            raise
         except yaml.MarkedYAMLError as e:
             self.close()
             mark = e.problem_mark or e.context_mark
@@ -121,19 +197,109 @@ class YamlDoc:
 
     def _read_text(self) -> str:
         try:
-            data = self.path.read_bytes()
+            # Never open what is not a regular file: a FIFO would stall us, a device never end.
+            st = os.stat(self.path)
+            if not stat.S_ISREG(st.st_mode):
+                raise SpecError(
+                    f"not a regular file (it is {file_kind(st.st_mode)})",
+                    file=self.path,
+                    hint="give the YAML file itself",
+                )
+            if st.st_size > MAX_YAML_BYTES:
+                raise SpecError(
+                    f"{st.st_size} bytes is far too big for a YAML file of vmharness (at most "
+                    f"{MAX_YAML_BYTES // (1024 * 1024)} MiB)",
+                    file=self.path,
+                    hint="is this the file you meant?",
+                )
+            with open(self.path, "rb") as f:
+                data = f.read(MAX_YAML_BYTES + 1)
         except OSError as e:
-            raise SpecError(f"cannot read the file: {e.strerror or e}", file=self.path) from None
+            raise SpecError(
+                f"cannot read the file: {e.strerror or e}",
+                file=self.path,
+                hint="check that it exists and that you may read it",
+            ) from None
         try:
             return data.decode("utf-8")
         except UnicodeDecodeError as e:
             line = data.count(b"\n", 0, e.start) + 1
             raise SpecError(
-                "the file is not UTF-8 text",
+                f"the file is not UTF-8 text (byte {data[e.start]:#04x} on this line)",
                 file=self.path,
                 line=line,
                 field=section_at(data.decode("utf-8", "replace"), line) or self.default_field,
+                hint="save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)",
             ) from None
+
+    def _check_plain(self, text: str) -> None:
+        """Refuse YAML tags and keys said twice in one mapping, anywhere in the file.
+
+        Done on the parser's events, before composing: they carry the tags as written (a node
+        no longer tells `!!str 5` from `"5"`), and they are read once, however often an alias
+        repeats them.
+        """
+        frames: list[_Frame] = []
+        anchors: dict[str, int] = {}  # anchor -> how many values it stands for
+        total = 0  # values so far, aliases expanded
+        for event in yaml.parse(text, Loader=_Loader):
+            if isinstance(event, yaml.NodeEvent):
+                parent = frames[-1] if frames else None
+                here = _field_here(parent, event, self.default_field)
+                is_alias = isinstance(event, yaml.AliasEvent)
+                total += anchors.get(event.anchor or "", 1) if is_alias else 1
+                if total > MAX_YAML_NODES:
+                    raise SpecError(
+                        f"more than {MAX_YAML_NODES} values"
+                        + (" once its aliases are expanded" if anchors else ""),
+                        file=self.name,
+                        line=_line_at(event),
+                        field=here,
+                        hint="no spec, recipe or known-failures list needs this many: is it the "
+                        "file you meant? Write repeated parts out instead of nesting aliases",
+                    )
+                if event.anchor is not None and not is_alias:
+                    anchors[event.anchor] = 1  # a list or mapping: its size when it ends
+                tag = getattr(event, "tag", None)
+                if tag is not None:
+                    raise SpecError(
+                        f"YAML tag {tag!r}: vmharness reads plain YAML only",
+                        file=self.name,
+                        line=_line_at(event),
+                        field=here,
+                        hint="remove the tag; to keep a value that starts with '!' as text, "
+                        "quote it",
+                    )
+                if parent is not None and parent.is_map and parent.key is None:
+                    text_key = event.value if isinstance(event, yaml.ScalarEvent) else None
+                    if text_key is not None:
+                        first = parent.seen.get(text_key)
+                        if first is not None:
+                            raise SpecError(
+                                f"duplicate key '{text_key}' (first at line {first})",
+                                file=self.name,
+                                line=_line_at(event),
+                                field=here,
+                                hint="keep one of the two: YAML would silently use the last",
+                            )
+                        parent.seen[text_key] = _line_at(event)
+                if isinstance(event, yaml.CollectionStartEvent):
+                    is_map = isinstance(event, yaml.MappingStartEvent)
+                    # The keys of a file's top mapping are fields of their own ("vm"); the
+                    # items of a top list are the default field's ("known_failures[0]").
+                    path = (None if is_map else self.default_field) if parent is None else here
+                    frames.append(
+                        _Frame(
+                            path=path or "", is_map=is_map, anchor=event.anchor, before=total - 1
+                        )
+                    )
+                else:
+                    _done(parent, event)
+            elif isinstance(event, yaml.CollectionEndEvent):
+                done = frames.pop()
+                if done.anchor is not None:
+                    anchors[done.anchor] = total - done.before
+                _done(frames[-1] if frames else None, event)
 
     def close(self) -> None:
         self.loader.dispose()
