@@ -28,7 +28,14 @@ from .errors import (
 )
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, load_recipe
-from .spec import check_platforms, expand, json_schema_text, load_spec, parse_duration
+from .spec import (
+    check_host,
+    check_platforms,
+    expand,
+    json_schema_text,
+    load_spec,
+    parse_duration,
+)
 from .vm.snapshots import SnapshotStore
 
 # Piped into a CI log, lines are not folded at 80 columns in the middle of paths and messages.
@@ -238,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- commands ---------------------------------------------------------------------------------
-def _load(args: argparse.Namespace, *, need_images: bool):
+def _load(args: argparse.Namespace, *, need_images: bool, here: bool = False):
     spec = load_spec(args.spec, platform_map=args.platform_map)
     if need_images:
         check_platforms(spec, set(builtin_names()))
+    if here:
+        check_host(spec)
     return spec, expand(spec)
 
 
@@ -292,7 +301,7 @@ def _run_here(folder, args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .rundir import RunFolder
 
-    spec, runs = _load(args, need_images=True)
+    spec, runs = _load(args, need_images=True, here=True)
     folder = RunFolder.create(spec, runs, args.out, backend="local")
     return _run_here(folder, args)
 

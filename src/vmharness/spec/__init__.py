@@ -8,6 +8,7 @@ Public API:
 - `load_spec(path, platform_map=None) -> Spec`: a YAML file or a folder of `*.yaml` files (merged).
   Reads the vmharness format and the OSG's parameter-file format (sources written as strings).
 - `check_platforms(spec, known_recipes)`: every platform must map to a recipe or an image.
+- `check_host(spec)`: one VM must fit on this machine (its CPUs, its RAM), for runs here.
 - `expand(spec) -> list[Run]`: platforms x sources x package sets, ids "0001", "0002", ...
 - `load_known_failures(path) -> list[KnownFailure]`: vmharness and OSG known-failure lists.
 - `parse_duration(...)`, `parse_size_mib(...)`: "20m" -> 1200, "2G" -> 2048.
@@ -29,7 +30,7 @@ Modules, bottom up (imports run one way, upwards in this list never):
 
 from __future__ import annotations
 
-from .expand import check_platforms, expand
+from .expand import check_host, check_platforms, expand
 from .fields import (
     KNOWN_FAILURE_KEYS,
     MATRIX_KEYS,
@@ -94,6 +95,7 @@ __all__ = [
     "Spec",
     "TestSettings",
     "VMSettings",
+    "check_host",
     "check_platforms",
     "expand",
     "is_recipe_path",

@@ -1,15 +1,17 @@
 """From a Spec to its runs: matrix expansion (duplicates dropped) and the checks made before
-anything runs (every platform maps to something this machine can run).
+anything runs (every platform maps to something this machine can run; a VM fits on it).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from vmharness.errors import SpecError
 
 from .models import Matrix, Run, Source, Spec, is_recipe_path
+from .units import format_size_mib
 from .yamlread import where
 
 
@@ -54,6 +56,57 @@ def check_platforms(spec: Spec, known_recipes: set[str] | Iterable[str]) -> None
             f"    other_platform: {{image: /path/to/disk.qcow2}}"
         ),
     )
+
+
+def total_memory_mib() -> int:
+    """This machine's RAM in MiB (0 when it cannot be told)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (OSError, ValueError, AttributeError):
+        return 0
+
+
+def check_host(spec: Spec, *, cpus: int | None = None, memory_mib: int | None = None) -> None:
+    """Raise SpecError when one VM of the spec needs more than this machine has.
+
+    More vCPUs than it has CPUs, or more guest memory than its RAM: qemu would start and crawl,
+    or be killed, and every run would die. For runs here; a pool's machines are not this one.
+    `cpus` and `memory_mib` default to this machine's.
+    """
+    cpus = cpus or os.cpu_count() or 1
+    memory_mib = memory_mib or total_memory_mib()
+
+    def at(key: str) -> tuple[str | Path, int | None]:
+        loc = spec.origins.get(key)
+        return (loc[0], loc[1]) if loc else (spec.path, None)
+
+    if spec.vm.cpus > cpus:
+        file, line = at("vm.cpus")
+        raise SpecError(
+            f"{spec.vm.cpus} vCPUs for one VM, but this machine has {cpus} CPUs",
+            file=file,
+            line=line,
+            field="vm.cpus",
+            hint=f"ask for at most {cpus}, or run on a pool (vmharness submit)",
+        )
+    if memory_mib and spec.vm.memory_mib > memory_mib:
+        file, line = at("vm.memory")
+        raise SpecError(
+            f"{format_size_mib(spec.vm.memory_mib)} of memory for one VM, but this machine has "
+            f"{format_size_mib(memory_mib)} in all",
+            file=file,
+            line=line,
+            field="vm.memory",
+            hint="ask for less (most test VMs need 512M to 2G), or run on a pool "
+            "(vmharness submit)",
+        )
 
 
 def expand(spec: Spec) -> list[Run]:

@@ -29,6 +29,9 @@ from .models import (
     DEFAULT_TEST_TIMEOUT_S,
     MAIN_REPO,
     MAX_CPUS,
+    MAX_MEMORY_MIB,
+    MAX_OUTPUT_SIZE_MIB,
+    MIN_OUTPUT_SIZE_MIB,
     NETWORK_MODES,
     RESULT_FORMATS,
 )
@@ -49,7 +52,7 @@ class Field:
     help: str = ""
     required: bool = False  # the mapping must have it
     choices: tuple[str, ...] = ()  # for type "choice"
-    minimum: int | None = None  # for "int"
+    minimum: int | None = None  # for "int" and "size" (MiB): the readers refuse beyond
     maximum: int | None = None
     matrix: bool = False  # one of the three keys that make a file's matrix
 
@@ -179,6 +182,7 @@ FIELDS: tuple[Field, ...] = (
         "memory",
         "size",
         default=DEFAULT_MEMORY_MIB,
+        maximum=MAX_MEMORY_MIB,
         help='guest memory: MiB or "512M", "2G"',
     ),
     Field(
@@ -202,6 +206,8 @@ FIELDS: tuple[Field, ...] = (
         "output_size",
         "size",
         default=DEFAULT_OUTPUT_SIZE_MIB,
+        minimum=MIN_OUTPUT_SIZE_MIB,
+        maximum=MAX_OUTPUT_SIZE_MIB,
         help='the output disk the guest writes its logs to: MiB or "64M"',
     ),
     Field(
@@ -335,12 +341,14 @@ def _type_schema(type_: str, f: Field | None = None) -> dict[str, Any]:
             "propertyNames": _type_schema(key),
             "additionalProperties": _type_schema(value),
         }
-    if t == "int":
-        out: dict[str, Any] = {"type": "integer"}
+    if t == "int" or (t == "size" and f is not None and (f.minimum or f.maximum)):
+        out: dict[str, Any] = {"type": "integer", "minimum": 1}
         if f is not None and f.minimum is not None:
             out["minimum"] = f.minimum
         if f is not None and f.maximum is not None:
             out["maximum"] = f.maximum
+        if t == "size":  # the limits hold for a number of MiB; "2G" is checked when loaded
+            return {"anyOf": [out, {"type": "string", "pattern": SIZE_PATTERN}]}
         return out
     if t == "choice":
         return {"enum": list(f.choices) if f is not None else []}

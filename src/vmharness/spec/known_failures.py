@@ -15,7 +15,7 @@ from vmharness.errors import SpecError
 
 from .fields import KNOWN_FAILURE_KEYS, required
 from .models import KnownFailure
-from .yamlread import Node, YamlDoc, is_empty, kind_of
+from .yamlread import Node, YamlDoc, is_empty, kind_of, shown
 
 _REQUIRED = required("known_failure")
 
@@ -100,9 +100,11 @@ def _date(doc: YamlDoc, node: Node, fld: str) -> _dt.date:
     try:
         value = doc.loader.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
-        raise doc.error(node, fld, f"bad date {node.value!r}: {e}", hint=hint) from None
+        raise doc.error(node, fld, f"bad date {shown(node.value)}: {e}", hint=hint) from None
     if isinstance(value, _dt.datetime):
-        raise doc.error(node, fld, f"expected a date without a time, got {node.value!r}", hint=hint)
+        raise doc.error(
+            node, fld, f"expected a date without a time, got {shown(node.value)}", hint=hint
+        )
     if isinstance(value, _dt.date):
         return value
     if isinstance(value, str):
@@ -110,4 +112,4 @@ def _date(doc: YamlDoc, node: Node, fld: str) -> _dt.date:
             return _dt.date.fromisoformat(value.strip())
         except ValueError:
             pass
-    raise doc.error(node, fld, f"bad date {node.value!r}", hint=hint)
+    raise doc.error(node, fld, f"bad date {shown(node.value)}", hint=hint)

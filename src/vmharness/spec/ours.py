@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,6 +19,7 @@ from vmharness.errors import SpecError
 
 from . import osg
 from .fields import (
+    BY_PATH,
     ENV_NAME_PATTERN,
     MATRIX_KEYS,
     NAME_PATTERN,
@@ -50,7 +51,7 @@ from .models import (
     VMSettings,
     is_recipe_path,
 )
-from .units import parse_duration, parse_size_mib
+from .units import format_size_mib, parse_duration, parse_size_mib
 from .yamlread import Loc, Node, YamlDoc, is_empty, kind_of, line_of, where
 
 _NAME_RE = re.compile(NAME_PATTERN)
@@ -468,22 +469,43 @@ def _read_test(doc: YamlDoc, nodes: tuple[Node, Node], base: Path, acc: Acc) -> 
     )
 
 
+def _within_limits(
+    doc: YamlDoc, node: Node, fld: str, value: int, show: Callable[[int], str], why: str
+) -> None:
+    """Refuse a value beyond the field table's limits for `fld` (they are no machine's)."""
+    f = BY_PATH[fld]
+    if f.minimum is not None and value < f.minimum:
+        raise doc.error(node, fld, f"must be at least {show(f.minimum)}, got {show(value)}", why)
+    if f.maximum is not None and value > f.maximum:
+        raise doc.error(node, fld, f"must be at most {show(f.maximum)}, got {show(value)}", why)
+
+
 def _read_vm(doc: YamlDoc, node: Node, acc: Acc) -> tuple[VMSettings, bool]:
     m = doc.mapping(node, "vm", VM_KEYS)
     for key, (_knode, vnode) in m.items():
         acc.origins.setdefault(f"vm.{key}", doc.loc(vnode))
 
-    def size(key: str, default: int) -> int:
+    def size(key: str, default: int, why: str) -> int:
         if key not in m:
             return default
-        vnode = m[key][1]
-        return parse_size_mib(
-            doc.value(vnode, f"vm.{key}"), file=doc.path, line=line_of(vnode), field=f"vm.{key}"
-        )
+        vnode, fld = m[key][1], f"vm.{key}"
+        mib = parse_size_mib(doc.value(vnode, fld), file=doc.path, line=line_of(vnode), field=fld)
+        why += f"; leave it out for {format_size_mib(default)}"
+        _within_limits(doc, vnode, fld, mib, format_size_mib, why)
+        return mib
 
-    memory = size("memory", DEFAULT_MEMORY_MIB)
-    output = size("output_size", DEFAULT_OUTPUT_SIZE_MIB)
-    cpus = doc.integer(m["cpus"][1], "vm.cpus") if "cpus" in m else DEFAULT_CPUS
+    memory = size("memory", DEFAULT_MEMORY_MIB, "no machine gives one VM more")
+    output = size(
+        "output_size",
+        DEFAULT_OUTPUT_SIZE_MIB,
+        "the output disk is FAT (mkfs.fat) and holds every log of the run; the guest can fill "
+        "it, and it comes back to this machine",
+    )
+    cpus = DEFAULT_CPUS
+    if "cpus" in m:
+        cpus = doc.integer(m["cpus"][1], "vm.cpus")
+        why = f"a test VM needs a few vCPUs; leave it out for {DEFAULT_CPUS}"
+        _within_limits(doc, m["cpus"][1], "vm.cpus", cpus, str, why)
     network = "none"
     if "network" in m:
         network = doc.choice(m["network"][1], "vm.network", NETWORK_MODES)

@@ -54,7 +54,12 @@ def kind_of(node: Node) -> str:
         return "a list"
     if node.tag == _NULL_TAG:
         return "nothing"
-    return f"{node.value!r}"
+    return shown(node.value)
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """A user's text for a message: quoted, and cut short if long."""
+    return repr(text) if len(text) <= limit else repr(text[: limit - 3] + "...")
 
 
 def is_empty(node: Node | None) -> bool:
@@ -320,7 +325,12 @@ class YamlDoc:
         try:
             return self.loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, TypeError, OverflowError) as e:
-            raise self.error(node, fld, f"bad value {node.value!r}: {e}") from None
+            raise self.error(
+                node,
+                fld,
+                f"bad value {shown(node.value)}: {(str(e).splitlines() or ['?'])[0]}",
+                hint="quote it to keep it as text",
+            ) from None
 
     def string(self, node: Node, fld: str, *, allow_empty: bool = False) -> str:
         v = self.value(node, fld)

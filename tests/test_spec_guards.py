@@ -1,0 +1,110 @@
+"""Users' files cannot crash, stall or fill the host: what would only have failed once runs died
+(sizes, counts and folders this machine cannot give or copy, a matrix too big to hold, a recipe
+that does not load) is refused before anything is made: exit 2, naming file, line and field.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import run_cli
+from specfiles import SPEC, assert_names, spec_error, write
+
+from vmharness.errors import SpecError
+from vmharness.spec import load_spec
+from vmharness.spec.expand import check_host
+from vmharness.spec.models import (
+    MAX_CPUS,
+    MAX_MEMORY_MIB,
+    MIN_OUTPUT_SIZE_MIB,
+)
+
+# -- vm: sizes and counts the host cannot give -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [
+        ("1M", f"at least {MIN_OUTPUT_SIZE_MIB}M"),
+        (str(MIN_OUTPUT_SIZE_MIB - 1), f"at least {MIN_OUTPUT_SIZE_MIB}M"),
+        ("1T", "at most"),
+    ],
+)
+def test_output_size_the_disk_maker_would_refuse(tmp_path: Path, value: str, words: str) -> None:
+    path = write(tmp_path, "s.yaml", SPEC + f"  output_size: {value}\n")
+    err = spec_error(path)
+    assert_names(err, path, 8, "vm.output_size")
+    assert words in str(err)
+
+
+@pytest.mark.skipif(not shutil.which("mkfs.fat"), reason="mkfs.fat (dosfstools) is missing")
+def test_the_smallest_output_size_is_one_the_disk_maker_makes(tmp_path: Path) -> None:
+    from vmharness.images.disks import make_output_disk
+
+    path = write(tmp_path, "s.yaml", SPEC + f"  output_size: {MIN_OUTPUT_SIZE_MIB}M\n")
+    assert load_spec(path).vm.output_size_mib == MIN_OUTPUT_SIZE_MIB
+    make_output_disk(tmp_path / "out.img", MIN_OUTPUT_SIZE_MIB)  # no error: a real FAT
+
+
+@pytest.mark.parametrize(
+    ("line", "field", "words"),
+    [
+        (f"  cpus: {MAX_CPUS + 1}\n", "vm.cpus", f"at most {MAX_CPUS}"),
+        (f"  memory: {MAX_MEMORY_MIB // 1024 + 1}G\n", "vm.memory", "at most"),
+    ],
+)
+def test_cpus_and_memory_beyond_any_machine(tmp_path: Path, line: str, field: str, words: str):
+    text = SPEC.replace("  memory: 512M\n", "") + line
+    path = write(tmp_path, "s.yaml", text)
+    err = spec_error(path)
+    assert_names(err, path, 7, field)
+    assert words in str(err)
+
+
+def test_cpus_and_memory_beyond_this_machine(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", SPEC.replace("512M", "3G") + "  cpus: 4\n")
+    spec = load_spec(path)
+    check_host(spec, cpus=4, memory_mib=4096)  # fits
+    with pytest.raises(SpecError) as info:
+        check_host(spec, cpus=2, memory_mib=4096)
+    assert_names(info.value, path, 8, "vm.cpus")
+    assert "2 CPUs" in str(info.value)
+    with pytest.raises(SpecError) as info:
+        check_host(spec, cpus=8, memory_mib=2048)
+    assert_names(info.value, path, 7, "vm.memory")
+
+
+def test_run_refuses_more_cpus_than_this_machine_before_making_anything(tmp_path: Path):
+    cpus = (os.cpu_count() or 1) + 1
+    path = write(tmp_path, "s.yaml", SPEC + f"  cpus: {min(cpus, MAX_CPUS)}\n")
+    if cpus > MAX_CPUS:
+        pytest.skip("this machine has more CPUs than any spec may ask for")
+    out = tmp_path / "out"
+    proc = run_cli("run", path, "--out", out, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert f"{path.name}:8" in proc.stderr and "vm.cpus" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()
+    # Listing asks nothing of this machine.
+    assert run_cli("matrix", path, timeout=60).returncode == 0
+
+
+# -- durations and sizes no timer or disk can hold -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "field"),
+    [
+        (f"  wall_timeout: {'9' * 5000}s\n", "vm.wall_timeout"),
+        ("  wall_timeout: 400d\n", "vm.wall_timeout"),
+        (f"  output_size: {'9' * 400}M\n", "vm.output_size"),
+        (f"  memory: {'9' * 5000}\n", "vm.memory"),
+    ],
+)
+def test_absurd_durations_and_sizes(tmp_path: Path, line: str, field: str) -> None:
+    path = write(tmp_path, "s.yaml", SPEC.replace("  memory: 512M\n", "") + line)
+    err = spec_error(path)
+    assert_names(err, path, 7, field)
