@@ -14,11 +14,12 @@ from conftest import run_cli
 from specfiles import SPEC, assert_names, spec_error, write
 
 from vmharness.errors import SpecError
-from vmharness.spec import load_spec
+from vmharness.spec import expand, load_spec
 from vmharness.spec.expand import check_host
 from vmharness.spec.models import (
     MAX_CPUS,
     MAX_MEMORY_MIB,
+    MAX_RUNS,
     MIN_OUTPUT_SIZE_MIB,
 )
 
@@ -90,6 +91,32 @@ def test_run_refuses_more_cpus_than_this_machine_before_making_anything(tmp_path
     assert not out.exists()
     # Listing asks nothing of this machine.
     assert run_cli("matrix", path, timeout=60).returncode == 0
+
+
+# -- matrix size -----------------------------------------------------------------------------
+
+
+def _matrix(platforms: int, sources: int, sets: int, prefix: str = "p") -> str:
+    return (
+        f"platforms: [{', '.join(f'{prefix}{i}' for i in range(platforms))}]\n"
+        f"sources: [{', '.join(f'{{label: s{i}}}' for i in range(sources))}]\n"
+        f"package_sets: [{', '.join(f'{{label: k{i}, packages: []}}' for i in range(sets))}]\n"
+    )
+
+
+def test_a_matrix_beyond_the_limit_is_refused_before_it_is_expanded(tmp_path: Path) -> None:
+    path = write(tmp_path, "s.yaml", "test: {command: x}\n" + _matrix(100, 100, 11))
+    err = spec_error(path)
+    assert_names(err, path, 2, "platforms")
+    assert "110000 runs" in str(err) and str(MAX_RUNS) in str(err)
+
+
+def test_a_folder_whose_union_is_beyond_the_limit(tmp_path: Path) -> None:
+    write(tmp_path, "a.yaml", "test: {command: x}\n" + _matrix(60, 40, 25, "a"))
+    write(tmp_path, "b.yaml", _matrix(60, 40, 25, "b"))  # 60,000 other runs
+    with pytest.raises(SpecError) as info:
+        expand(load_spec(tmp_path))
+    assert f"more than {MAX_RUNS} runs" in str(info.value) and info.value.hint
 
 
 # -- durations and sizes no timer or disk can hold -------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from vmharness.errors import SpecError
 
-from .models import Matrix, Run, Source, Spec, is_recipe_path
+from .models import MAX_RUNS, Matrix, Run, Source, Spec, is_recipe_path
 from .units import format_size_mib
 from .yamlread import where
 
@@ -113,11 +113,29 @@ def expand(spec: Spec) -> list[Run]:
     """All runs of a spec: per file, platforms x sources x package sets, duplicates dropped.
 
     The order is stable (files in name order, then platform, source, package set as written);
-    ids are "0001", "0002", ... in that order.
+    ids are "0001", "0002", ... in that order. More than MAX_RUNS runs is a SpecError, found
+    before they are made.
     """
     matrices = spec.matrices or [
         Matrix(tuple(spec.platforms), tuple(spec.sources), tuple(spec.package_sets))
     ]
+    hint = (
+        "split it into specs run one after the other, or list fewer platforms, sources or "
+        "package sets"
+    )
+    for m in matrices:
+        product = len(m.platforms) * len(m.sources) * len(m.package_sets)
+        if product > MAX_RUNS:
+            loc = spec.origins.get(f"matrix:{m.file}")
+            raise SpecError(
+                f"{len(m.platforms)} platforms x {len(m.sources)} sources x "
+                f"{len(m.package_sets)} package sets make {product} runs; a matrix may have "
+                f"{MAX_RUNS} at most",
+                file=loc[0] if loc else (m.file or spec.path),
+                line=loc[1] if loc else None,
+                field="platforms",
+                hint=hint,
+            )
     repos_of: dict[str, tuple[tuple[str, str], ...]] = {}
     seen: set[tuple[str, str, str]] = set()
     runs: list[Run] = []
@@ -132,6 +150,14 @@ def expand(spec: Spec) -> list[Run]:
                     key = (platform.name, source.label, pset.label)
                     if key in seen:
                         continue
+                    if len(runs) == MAX_RUNS:
+                        raise SpecError(
+                            f"the files of this spec make more than {MAX_RUNS} runs together, "
+                            "the most a matrix may have",
+                            file=spec.path,
+                            field="platforms",
+                            hint=hint,
+                        )
                     seen.add(key)
                     runs.append(
                         Run(
