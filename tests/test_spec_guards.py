@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,79 @@ def test_a_folder_whose_union_is_beyond_the_limit(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         expand(load_spec(tmp_path))
     assert f"more than {MAX_RUNS} runs" in str(info.value) and info.value.hint
+
+
+# -- the test suite folder -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suite", ["/", "../../../../../../../../../../../.."])
+def test_a_suite_of_the_root_folder(tmp_path: Path, suite: str) -> None:
+    text = SPEC.replace("  command: ./run-tests\n", f"  command: ./run-tests\n  suite: {suite}\n")
+    path = write(tmp_path, "s.yaml", text)
+    err = spec_error(path)
+    assert_names(err, path, 6, "test.suite")
+    assert "the root folder" in str(err)
+
+
+def _suite_spec(tmp_path: Path) -> Path:
+    (tmp_path / "suite" / "sub").mkdir(parents=True)
+    (tmp_path / "suite" / "run-tests").write_text("#!/bin/sh\n")
+    text = SPEC.replace("  command: ./run-tests\n", "  command: ./run-tests\n  suite: suite\n")
+    return write(tmp_path, "s.yaml", text)
+
+
+def test_a_suite_holding_a_fifo(tmp_path: Path) -> None:
+    path = _suite_spec(tmp_path)
+    assert load_spec(path).test.suite == tmp_path / "suite"
+    os.mkfifo(tmp_path / "suite" / "sub" / "pipe")
+    err = spec_error(path)
+    assert_names(err, path, 6, "test.suite")
+    assert "sub/pipe" in str(err) and "FIFO" in str(err)
+
+
+def test_a_suite_holding_a_socket(tmp_path: Path) -> None:
+    path = _suite_spec(tmp_path)
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(tmp_path / "suite" / "s.sock"))
+        err = spec_error(path)
+    finally:
+        sock.close()
+    assert_names(err, path, 6, "test.suite")
+    assert "s.sock" in str(err) and "socket" in str(err)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device file needs root")
+def test_a_suite_holding_a_device(tmp_path: Path) -> None:
+    import stat
+
+    path = _suite_spec(tmp_path)
+    os.mknod(tmp_path / "suite" / "null", 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+    err = spec_error(path)
+    assert_names(err, path, 6, "test.suite")
+    assert "device" in str(err)
+
+
+def test_a_suite_of_too_many_files(tmp_path: Path, monkeypatch) -> None:
+    from vmharness.spec import ours
+
+    path = _suite_spec(tmp_path)
+    for i in range(3):
+        (tmp_path / "suite" / "sub" / f"f{i}").write_text("x")
+    monkeypatch.setattr(ours, "MAX_SUITE_FILES", 5)  # run-tests, sub/ and 3 files: 5 is fine
+    assert load_spec(path).test.suite == tmp_path / "suite"
+    (tmp_path / "suite" / "one-more").write_text("x")
+    err = spec_error(path)
+    assert_names(err, path, 6, "test.suite")
+    assert "more than 5 files" in str(err)
+
+
+def test_a_suite_may_hold_symlinks_even_dangling_ones(tmp_path: Path) -> None:
+    """They are copied as links (never followed on the host), so they are no danger."""
+    path = _suite_spec(tmp_path)
+    (tmp_path / "suite" / "to-dev-null").symlink_to("/dev/null")
+    (tmp_path / "suite" / "nowhere").symlink_to("missing")
+    assert load_spec(path).test.suite == tmp_path / "suite"
 
 
 # -- durations and sizes no timer or disk can hold -------------------------------------------

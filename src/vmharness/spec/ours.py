@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -40,6 +41,7 @@ from .models import (
     DEFAULT_OUTPUT_SIZE_MIB,
     DEFAULT_TEST_TIMEOUT_S,
     MAIN_REPO,
+    MAX_SUITE_FILES,
     NETWORK_MODES,
     RESULT_FORMATS,
     Network,
@@ -52,7 +54,7 @@ from .models import (
     is_recipe_path,
 )
 from .units import format_size_mib, parse_duration, parse_size_mib
-from .yamlread import Loc, Node, YamlDoc, is_empty, kind_of, line_of, where
+from .yamlread import Loc, Node, YamlDoc, file_kind, is_empty, kind_of, line_of, where
 
 _NAME_RE = re.compile(NAME_PATTERN)
 _ENV_RE = re.compile(ENV_NAME_PATTERN)
@@ -423,6 +425,7 @@ def _read_test(doc: YamlDoc, nodes: tuple[Node, Node], base: Path, acc: Acc) -> 
                 f"no such folder: {suite}",
                 hint="the path is relative to the spec file",
             )
+        _check_suite(doc, m["suite"][1], suite)
     timeout_s = DEFAULT_TEST_TIMEOUT_S
     if "timeout" in m:
         vnode = m["timeout"][1]
@@ -467,6 +470,60 @@ def _read_test(doc: YamlDoc, nodes: tuple[Node, Node], base: Path, acc: Acc) -> 
         results=results,
         env=tuple(env),
     )
+
+
+def _check_suite(doc: YamlDoc, node: Node, suite: Path) -> None:
+    """The suite folder is copied onto every run's input disk: refuse what cannot be.
+
+    Not the root folder (the whole machine), not more than MAX_SUITE_FILES entries, and only
+    files, folders and symlinks (copied as links, never followed): a FIFO would stall the
+    copy, a device or a socket cannot go onto a disk.
+    """
+    fld = "test.suite"
+    if os.path.realpath(suite) == os.path.realpath(os.sep):
+        raise doc.error(
+            node,
+            fld,
+            f"{suite} is the root folder: the whole machine would be copied into every run",
+            hint="point it at the folder of your test files (relative to the spec file)",
+        )
+    count = 0
+    folders = [suite]
+    while folders:
+        folder = folders.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    count += 1
+                    if count > MAX_SUITE_FILES:
+                        raise doc.error(
+                            node,
+                            fld,
+                            f"{suite} holds more than {MAX_SUITE_FILES} files and folders, all "
+                            "copied into every run",
+                            hint="point it at the folder of your test files alone",
+                        )
+                    mode = entry.stat(follow_symlinks=False).st_mode
+                    if stat.S_ISDIR(mode):
+                        folders.append(Path(entry.path))
+                    elif not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+                        rel = os.path.relpath(entry.path, suite)
+                        raise doc.error(
+                            node,
+                            fld,
+                            f"{rel} in {suite} is {file_kind(mode)}, which cannot be copied "
+                            "onto the input disk",
+                            hint="move it out of the suite folder: a suite holds files, folders "
+                            "and symlinks",
+                        )
+        except OSError as e:
+            raise doc.error(
+                node,
+                fld,
+                f"cannot read {folder}: {e.strerror or e}",
+                hint="the suite is copied into every run: make it readable, or point test.suite "
+                "elsewhere",
+            ) from None
 
 
 def _within_limits(
