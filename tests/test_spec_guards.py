@@ -14,7 +14,7 @@ import pytest
 from conftest import run_cli
 from specfiles import SPEC, assert_names, spec_error, write
 
-from vmharness.errors import SpecError
+from vmharness.errors import EXIT_USAGE, SpecError
 from vmharness.spec import expand, load_spec
 from vmharness.spec.expand import check_host
 from vmharness.spec.models import (
@@ -191,6 +191,32 @@ def test_a_suite_may_hold_symlinks_even_dangling_ones(tmp_path: Path) -> None:
     (tmp_path / "suite" / "to-dev-null").symlink_to("/dev/null")
     (tmp_path / "suite" / "nowhere").symlink_to("missing")
     assert load_spec(path).test.suite == tmp_path / "suite"
+
+
+# -- spec folders: .yaml entries that cannot be read are named, not skipped -------------------
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop", "self-loop", "folder", "fifo"])
+def test_a_spec_folder_entry_that_is_no_file(tmp_path: Path, kind: str) -> None:
+    folder = tmp_path / "specs"
+    write(folder, "a.yaml", SPEC)
+    bad = folder / "b.yaml"
+    if kind == "dangling":
+        bad.symlink_to(tmp_path / "moved-away.yaml")
+    elif kind == "loop":
+        bad.symlink_to(folder / "c.yaml")
+        (folder / "c.yaml").symlink_to(bad)
+    elif kind == "self-loop":
+        bad.symlink_to(bad)
+    elif kind == "folder":
+        bad.mkdir()
+    else:
+        os.mkfifo(bad)
+    err = spec_error(folder)
+    assert err.file in (str(bad), str(folder / "c.yaml")), str(err)
+    assert err.hint and err.exit_code == EXIT_USAGE
+    words = {"dangling": "points to nothing", "loop": "loop", "self-loop": "loop"}
+    assert words.get(kind, "not a regular file") in str(err)
 
 
 # -- durations and sizes no timer or disk can hold -------------------------------------------

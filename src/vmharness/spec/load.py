@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -12,7 +15,7 @@ from . import osg
 from .merge import Acc, Decl, merge
 from .models import Spec
 from .ours import load_platform_map, read_file
-from .yamlread import Loc
+from .yamlread import Loc, file_kind
 
 
 def load_spec(
@@ -27,11 +30,7 @@ def load_spec(
     """
     path = Path(path)
     if path.is_dir():
-        files = sorted(
-            p
-            for p in path.iterdir()
-            if p.suffix in (".yaml", ".yml") and not p.name.startswith(".") and p.is_file()
-        )
+        files = spec_files(path)
         if not files:
             raise SpecError(
                 "the folder holds no *.yaml spec files", file=path, field="platforms", line=None
@@ -50,3 +49,38 @@ def load_spec(
     if platform_map is not None:
         cli_map = load_platform_map(platform_map)
     return merge(path, acc, cli_map)
+
+
+def spec_files(folder: Path) -> list[Path]:
+    """The `*.yaml` / `*.yml` files of a spec folder, in name order (hidden ones left out).
+
+    One that cannot be read as a file (a dangling or looping symlink, a folder, a FIFO) is an
+    error: skipping it would silently drop part of the matrix.
+    """
+    files: list[Path] = []
+    for p in sorted(folder.iterdir()):
+        if p.suffix not in (".yaml", ".yml") or p.name.startswith("."):
+            continue
+        try:
+            mode = p.stat().st_mode  # follows symlinks
+        except OSError as e:
+            if e.errno == errno.ELOOP:
+                why = "is a symlink loop"
+            elif p.is_symlink():
+                why = f"is a symlink that points to nothing ({os.readlink(p)})"
+            else:
+                why = f"cannot be read: {e.strerror or e}"
+            raise SpecError(
+                f"this spec file of the folder {why}",
+                file=p,
+                hint="fix or remove the link: every *.yaml file of a spec folder is part of "
+                "the spec",
+            ) from None
+        if not stat.S_ISREG(mode):
+            raise SpecError(
+                f"not a regular file (it is {file_kind(mode)}), in a spec folder",
+                file=p,
+                hint="rename or remove it: every *.yaml file of a spec folder is part of the spec",
+            )
+        files.append(p)
+    return files
