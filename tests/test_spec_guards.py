@@ -219,6 +219,45 @@ def test_a_spec_folder_entry_that_is_no_file(tmp_path: Path, kind: str) -> None:
     assert words.get(kind, "not a regular file") in str(err)
 
 
+# -- recipes: matrix and run load them before anything is made -------------------------------
+
+
+RECIPE_SPEC = """\
+platforms: [{name: mine, recipe: mine.yaml}]
+sources: [{label: stable}]
+package_sets: [{label: base, packages: []}]
+test: {command: "true"}
+"""
+
+
+@pytest.mark.parametrize("command", ["matrix", "run"])
+def test_matrix_and_run_check_recipe_files(tmp_path: Path, command: str) -> None:
+    spec = write(tmp_path, "s.yaml", RECIPE_SPEC)
+    recipe = write(tmp_path, "mine.yaml", "suite: bookworm\nflavour: vanilla\n")
+    out = tmp_path / "out"
+    args = ["--out", out] if command == "run" else []
+    proc = run_cli(command, spec, *args, timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{recipe}:2" in proc.stderr and "flavour" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists(), "a run folder was made for a recipe that cannot be read"
+
+
+# -- what users write is printed as written, never as markup ----------------------------------
+
+
+def test_labels_and_errors_are_printed_as_written(tmp_path: Path) -> None:
+    text = SPEC.replace("{label: base,", "{label: '[bold]x[/] [/]',")
+    path = write(tmp_path, "s.yaml", text)
+    proc = run_cli("matrix", path, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "[bold]x[/] [/]" in proc.stdout
+    bad = write(tmp_path, "bad.yaml", SPEC.replace("[debian-12]", "['[/]deb[red]']"))
+    proc = run_cli("matrix", bad, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "[/]deb[red]" in proc.stderr
+
+
 # -- durations and sizes no timer or disk can hold -------------------------------------------
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import (
@@ -27,7 +28,7 @@ from .errors import (
     VmharnessError,
 )
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
-from .images.recipe import builtin_names, load_recipe
+from .images.recipe import builtin_names, check_recipes, load_recipe
 from .spec import (
     check_host,
     check_platforms,
@@ -234,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except VmharnessError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    except VmharnessError as exc:  # its text quotes users' files: printed as written
+        err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False)
         if exc.hint:
-            err_console.print(f"[bold]what to do:[/] {exc.hint}", highlight=False)
+            err_console.print(
+                Text.assemble(("what to do:", "bold"), f" {exc.hint}"), highlight=False
+            )
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted; `vmharness resume RUNDIR` finishes a run folder")
@@ -247,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
 # -- commands ---------------------------------------------------------------------------------
 def _load(args: argparse.Namespace, *, need_images: bool, here: bool = False):
     spec = load_spec(args.spec, platform_map=args.platform_map)
+    check_recipes(spec.platforms)
     if need_images:
         check_platforms(spec, set(builtin_names()))
     if here:
@@ -348,9 +352,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     try:  # listing needs no images; running does: say now what `run` would refuse
         check_platforms(spec, set(builtin_names()))
     except SpecError as exc:
-        err_console.print(
-            f"[yellow]note:[/] `vmharness run` would stop here: {exc}", highlight=False
-        )
+        note = f" `vmharness run` would stop here: {exc}"
+        err_console.print(Text.assemble(("note:", "yellow"), note), highlight=False)
     if args.json:
         payload = to_json_runs(runs)
         print(json.dumps(payload, indent=2))
@@ -360,12 +363,12 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         table.add_column(col)
     for run in runs:
         pk = " ".join(run.package_set.packages)
-        table.add_row(
+        table.add_row(  # labels as written: a "[" in one is no markup
             run.id,
-            run.platform.name,
-            run.source.label,
-            run.package_set.label,
-            pk if len(pk) < 60 else pk[:57] + "...",
+            Text(run.platform.name),
+            Text(run.source.label),
+            Text(run.package_set.label),
+            Text(pk if len(pk) < 60 else pk[:57] + "..."),
         )
     console.print(table)
     return EXIT_PASS

@@ -7,6 +7,7 @@ recipe must be plain UTF-8 YAML that says each field once.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from ..errors import SpecError
+from ..spec.models import Platform, is_recipe_path
 from ..spec.yamlread import YamlDoc
 
 BUILTIN_DIR = "recipes"
@@ -80,6 +82,23 @@ def load_recipe(name_or_path: str) -> Recipe:
             hint=f"built-in recipes: {', '.join(builtin_names())}; or give a recipe YAML path",
         )
     return _read(YamlDoc(path), name=path.stem, base=path.parent)
+
+
+def check_recipes(platforms: Iterable[Platform]) -> None:
+    """Load every recipe the platforms name, each once: one that cannot be read stops
+    `matrix`, `run` and `submit` before anything is made (it used to stop the image build).
+
+    A recipe that does not exist is `check_platforms`' to report (`matrix` only notes it).
+    """
+    known = set(builtin_names())
+    seen: set[str] = set()
+    for platform in platforms:
+        recipe = platform.recipe
+        if recipe is None or recipe in seen:
+            continue
+        seen.add(recipe)
+        if recipe in known or (is_recipe_path(recipe) and Path(recipe).exists()):
+            load_recipe(recipe)
 
 
 def _read(doc: YamlDoc, *, name: str, base: Path | None) -> Recipe:
