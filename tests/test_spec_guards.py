@@ -274,3 +274,24 @@ def test_absurd_durations_and_sizes(tmp_path: Path, line: str, field: str) -> No
     path = write(tmp_path, "s.yaml", SPEC.replace("  memory: 512M\n", "") + line)
     err = spec_error(path)
     assert_names(err, path, 7, field)
+
+
+def test_a_run_line_and_the_live_table_print_labels_and_reasons_as_written() -> None:
+    import time
+
+    from rich.console import Console
+
+    from vmharness.engine.local import Progress, result_line
+    from vmharness.results.model import RunResult
+    from vmharness.spec import PackageSet, Platform, Run, Source, TestSettings, VMSettings
+
+    run = Run(
+        "0001", Platform("p"), Source("[/]s"), PackageSet("[bold]k"), TestSettings(), VMSettings()
+    )
+    console = Console(record=True, width=200, color_system=None)
+    console.print(result_line(run, RunResult("0001", "fail", reason="guest said [/red]")))
+    progress = Progress(total=1)
+    progress.running["0001"] = (run, time.monotonic(), 1)
+    console.print(progress.table())
+    out = console.export_text()
+    assert "[/]s" in out and "[bold]k" in out and "guest said [/red]" in out
