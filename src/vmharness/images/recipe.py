@@ -6,6 +6,7 @@ recipe must be plain UTF-8 YAML that says each field once.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -76,7 +77,7 @@ def load_recipe(name_or_path: str) -> Recipe:
         source = f"built-in recipe {name_or_path}"
         return _read(YamlDoc(source, text=ref.read_text()), name=name_or_path, base=None)
     path = Path(name_or_path)
-    if not path.exists():
+    if not os.path.exists(path):  # os.path: False, not an error, for too long a name
         raise SpecError(
             f"no recipe named '{name_or_path}' and no such file",
             hint=f"built-in recipes: {', '.join(builtin_names())}; or give a recipe YAML path",
@@ -97,7 +98,7 @@ def check_recipes(platforms: Iterable[Platform]) -> None:
         if recipe is None or recipe in seen:
             continue
         seen.add(recipe)
-        if recipe in known or (is_recipe_path(recipe) and Path(recipe).exists()):
+        if recipe in known or (is_recipe_path(recipe) and os.path.exists(recipe)):
             load_recipe(recipe)
 
 
@@ -189,7 +190,7 @@ def _parse(doc: YamlDoc, *, name: str, base: Path | None) -> Recipe:
             raise err("certificate", "give both 'cert' and 'key' file paths, or 'generated'")
         paths = {k: (base / v if base else Path(v)) for k, v in cert.items()}
         for k, p in paths.items():
-            if not p.is_file():
+            if not os.path.isfile(p):
                 raise err("certificate", f"{k} file {p} does not exist")
         kwargs["cert_file"], kwargs["key_file"] = paths["cert"], paths["key"]
     elif cert != "generated":

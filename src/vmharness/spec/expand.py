@@ -26,12 +26,12 @@ def check_platforms(spec: Spec, known_recipes: set[str] | Iterable[str]) -> None
     for p in spec.platforms:
         loc = spec.origins.get(f"platform:{p.name}")
         if p.image is not None:
-            if not Path(p.image).is_file():
+            if not os.path.isfile(p.image):
                 problems.append((p.name, f"image file {p.image} does not exist", loc))
         elif p.recipe is None:
             problems.append((p.name, "not mapped to a recipe or an image", loc))
         elif is_recipe_path(p.recipe):
-            if not Path(p.recipe).is_file():
+            if not os.path.isfile(p.recipe):
                 problems.append((p.name, f"recipe file {p.recipe} does not exist", loc))
         elif p.recipe not in known:
             problems.append((p.name, f"no built-in recipe named '{p.recipe}'", loc))

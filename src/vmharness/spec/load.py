@@ -29,13 +29,13 @@ def load_spec(
     here; call `check_platforms` before running anything.
     """
     path = Path(path)
-    if path.is_dir():
+    if os.path.isdir(path):  # os.path: False, not an error, for too long a name
         files = spec_files(path)
         if not files:
             raise SpecError(
                 "the folder holds no *.yaml spec files", file=path, field="platforms", line=None
             )
-    elif path.exists():
+    elif os.path.exists(path):
         files = [path]
     else:
         raise SpecError("no such file or folder", file=path, hint="give a spec file or folder")

@@ -126,7 +126,7 @@ def _read_known_failures(doc: YamlDoc, vnode: Node, base: Path, acc: Acc) -> Non
     else:
         rel = doc.string(vnode, "known_failures")
         kf_path = Path(os.path.abspath(base / Path(rel).expanduser()))
-        if not kf_path.is_file():
+        if not os.path.isfile(kf_path):
             raise doc.error(
                 vnode,
                 "known_failures",
@@ -302,7 +302,7 @@ def load_platform_map(
                 )
         return out
     path = Path(platform_map)
-    if not path.is_file():
+    if not os.path.isfile(path):
         raise SpecError("no such platform map file", file=path, field="platform_map")
     doc = YamlDoc(path, default_field="platform_map")
     try:
@@ -418,7 +418,7 @@ def _read_test(doc: YamlDoc, nodes: tuple[Node, Node], base: Path, acc: Acc) -> 
     if "suite" in m:
         rel = doc.string(m["suite"][1], "test.suite").strip()
         suite = Path(os.path.abspath(base / Path(rel).expanduser()))
-        if not suite.is_dir():
+        if not os.path.isdir(suite):  # os.path: False, not an error, for too long a name
             raise doc.error(
                 m["suite"][1],
                 "test.suite",
