@@ -35,7 +35,7 @@ from .models import (
     NETWORK_MODES,
     RESULT_FORMATS,
 )
-from .units import DURATION_PATTERN, SIZE_PATTERN
+from .units import DURATION_PATTERN, MAX_DURATION_S, SIZE_PATTERN
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]*$"
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -289,7 +289,7 @@ _SCALARS: dict[str, dict[str, Any]] = {
     "bool": {"type": "boolean"},
     "duration": {
         "anyOf": [
-            {"type": "integer", "minimum": 1},
+            {"type": "integer", "minimum": 1, "maximum": MAX_DURATION_S},
             {"type": "string", "pattern": DURATION_PATTERN},
         ]
     },
