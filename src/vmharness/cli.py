@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import (
@@ -27,8 +28,15 @@ from .errors import (
     VmharnessError,
 )
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
-from .images.recipe import builtin_names, load_recipe
-from .spec import check_platforms, expand, load_spec, parse_duration
+from .images.recipe import builtin_names, check_recipes, load_recipe
+from .spec import (
+    check_host,
+    check_platforms,
+    expand,
+    json_schema_text,
+    load_spec,
+    parse_duration,
+)
 from .vm.snapshots import SnapshotStore
 
 # Piped into a CI log, lines are not folded at 80 columns in the middle of paths and messages.
@@ -143,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the runs as JSON")
     p.set_defaults(func=cmd_matrix)
 
+    p = cmd("schema", "print the JSON Schema of the spec format, for editors that check YAML")
+    p.add_argument("--out", type=Path, metavar="FILE", help="write it to FILE instead")
+    p.set_defaults(func=cmd_schema)
+
     p = cmd("resume", "finish a run folder whose vmharness was stopped (no run lost or redone)")
     p.add_argument("rundir", type=Path, help=RUNDIR_HELP)
     _run_args(p)
@@ -223,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except VmharnessError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+    except VmharnessError as exc:  # its text quotes users' files: printed as written
+        err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False)
         if exc.hint:
-            err_console.print(f"[bold]what to do:[/] {exc.hint}", highlight=False)
+            err_console.print(
+                Text.assemble(("what to do:", "bold"), f" {exc.hint}"), highlight=False
+            )
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted; `vmharness resume RUNDIR` finishes a run folder")
@@ -234,10 +248,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # -- commands ---------------------------------------------------------------------------------
-def _load(args: argparse.Namespace, *, need_images: bool):
+def _load(args: argparse.Namespace, *, need_images: bool, here: bool = False):
     spec = load_spec(args.spec, platform_map=args.platform_map)
+    check_recipes(spec.platforms)
     if need_images:
         check_platforms(spec, set(builtin_names()))
+    if here:
+        check_host(spec)
     return spec, expand(spec)
 
 
@@ -288,7 +305,7 @@ def _run_here(folder, args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .rundir import RunFolder
 
-    spec, runs = _load(args, need_images=True)
+    spec, runs = _load(args, need_images=True, here=True)
     folder = RunFolder.create(spec, runs, args.out, backend="local")
     return _run_here(folder, args)
 
@@ -335,9 +352,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     try:  # listing needs no images; running does: say now what `run` would refuse
         check_platforms(spec, set(builtin_names()))
     except SpecError as exc:
-        err_console.print(
-            f"[yellow]note:[/] `vmharness run` would stop here: {exc}", highlight=False
-        )
+        note = f" `vmharness run` would stop here: {exc}"
+        err_console.print(Text.assemble(("note:", "yellow"), note), highlight=False)
     if args.json:
         payload = to_json_runs(runs)
         print(json.dumps(payload, indent=2))
@@ -347,14 +363,24 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         table.add_column(col)
     for run in runs:
         pk = " ".join(run.package_set.packages)
-        table.add_row(
+        table.add_row(  # labels as written: a "[" in one is no markup
             run.id,
-            run.platform.name,
-            run.source.label,
-            run.package_set.label,
-            pk if len(pk) < 60 else pk[:57] + "...",
+            Text(run.platform.name),
+            Text(run.source.label),
+            Text(run.package_set.label),
+            Text(pk if len(pk) < 60 else pk[:57] + "..."),
         )
     console.print(table)
+    return EXIT_PASS
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    text = json_schema_text()
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    else:
+        sys.stdout.write(text)
     return EXIT_PASS
 
 

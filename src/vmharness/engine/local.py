@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import InfraError, SpecError
 from ..images.cache import DEFAULT_MAX_AGE_S, ImageCache
@@ -82,12 +83,12 @@ class Progress:
             now = time.monotonic()
             for run_id, (run, start, attempt) in sorted(self.running.items()):
                 state = "running" + (f" (attempt {attempt})" if attempt > 1 else "")
-                t.add_row(
+                t.add_row(  # labels as written: a "[" in one is no markup
                     run_id,
-                    run.platform.name,
-                    run.source.label,
-                    run.package_set.label,
-                    f"[yellow]{state}",
+                    Text(run.platform.name),
+                    Text(run.source.label),
+                    Text(run.package_set.label),
+                    Text(state, style="yellow"),
                     f"{now - start:5.0f}s",
                 )
             counts: dict[str, int] = {}
@@ -268,12 +269,7 @@ def run_locally(
     )
 
     def line(run: Run, result: RunResult) -> None:
-        colour = "green" if result.status in PASSING else "red"
-        console.print(
-            f"[{colour}]{result.status:8}[/] {run.id} {run.platform.name} / "
-            f"{run.source.label} / {run.package_set.label}  "
-            f"{result.duration_s:6.1f}s  {result.reason[:100]}"
-        )
+        console.print(result_line(run, result), highlight=False)
 
     folder.db.set_meta(accelerator=accel)
     vms = LocalVMs(accel)
@@ -288,6 +284,17 @@ def run_locally(
         console=console,
         on_result=line,
         on_interrupt=vms.stop_all,
+    )
+
+
+def result_line(run: Run, result: RunResult) -> Text:
+    """One finished run, for the terminal. Labels (the user's) and the reason (which may quote
+    the guest) are shown as written, never read as markup."""
+    colour = "green" if result.status in PASSING else "red"
+    return Text.assemble(
+        (f"{result.status:8}", colour),
+        f" {run.id} {run.platform.name} / {run.source.label} / {run.package_set.label}  "
+        f"{result.duration_s:6.1f}s  {result.reason[:100]}",
     )
 
 

@@ -15,10 +15,11 @@ import tempfile
 from pathlib import Path
 
 from ..errors import InfraError
+from ..spec.models import MIN_OUTPUT_SIZE_MIB
 
 INPUT_LABEL = "VMHINPUT"
 OUTPUT_LABEL = "VMHOUTPUT"
-MIN_OUTPUT_MIB = 8
+MIN_OUTPUT_MIB = MIN_OUTPUT_SIZE_MIB  # the spec refuses less when it is read (spec/models.py)
 FAT32_FROM_MIB = 256  # smaller disks are FAT16: FAT32 wants at least 65525 clusters
 
 

@@ -1,8 +1,14 @@
-"""Recipes: how a base image is built. Built-in ones live in recipes/*.yaml beside this file."""
+"""Recipes: how a base image is built. Built-in ones live in recipes/*.yaml beside this file.
+
+Read with the spec's YAML reader (spec/yamlread.py): errors name file, line and field, and a
+recipe must be plain UTF-8 YAML that says each field once.
+"""
 
 from __future__ import annotations
 
+import os
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -11,6 +17,8 @@ from typing import Any
 import yaml
 
 from ..errors import SpecError
+from ..spec.models import Platform, is_recipe_path
+from ..spec.yamlread import YamlDoc
 
 BUILTIN_DIR = "recipes"
 DEFAULT_HOSTNAME = "vmtest.localdomain"
@@ -66,16 +74,39 @@ def load_recipe(name_or_path: str) -> Recipe:
     """A built-in recipe by name ("debian-12"), or a recipe YAML file by path."""
     if name_or_path in builtin_names():
         ref = resources.files("vmharness.images") / BUILTIN_DIR / f"{name_or_path}.yaml"
-        return _parse(
-            ref.read_text(), name=name_or_path, source=f"built-in recipe {name_or_path}", base=None
-        )
+        source = f"built-in recipe {name_or_path}"
+        return _read(YamlDoc(source, text=ref.read_text()), name=name_or_path, base=None)
     path = Path(name_or_path)
-    if not path.is_file():
+    if not os.path.exists(path):  # os.path: False, not an error, for too long a name
         raise SpecError(
             f"no recipe named '{name_or_path}' and no such file",
             hint=f"built-in recipes: {', '.join(builtin_names())}; or give a recipe YAML path",
         )
-    return _parse(path.read_text(), name=path.stem, source=str(path), base=path.parent)
+    return _read(YamlDoc(path), name=path.stem, base=path.parent)
+
+
+def check_recipes(platforms: Iterable[Platform]) -> None:
+    """Load every recipe the platforms name, each once: one that cannot be read stops
+    `matrix`, `run` and `submit` before anything is made (it used to stop the image build).
+
+    A recipe that does not exist is `check_platforms`' to report (`matrix` only notes it).
+    """
+    known = set(builtin_names())
+    seen: set[str] = set()
+    for platform in platforms:
+        recipe = platform.recipe
+        if recipe is None or recipe in seen:
+            continue
+        seen.add(recipe)
+        if recipe in known or (is_recipe_path(recipe) and os.path.exists(recipe)):
+            load_recipe(recipe)
+
+
+def _read(doc: YamlDoc, *, name: str, base: Path | None) -> Recipe:
+    try:
+        return _parse(doc, name=name, base=base)
+    finally:
+        doc.close()
 
 
 _FIELDS = {
@@ -92,19 +123,9 @@ _FIELDS = {
 }
 
 
-def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
-    try:
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        # The field is the top-level key whose value the broken construct started in.
-        start = getattr(exc, "context_mark", None) or mark
-        raise SpecError(
-            f"YAML syntax error: {getattr(exc, 'problem', exc)}",
-            file=source,
-            line=mark.line + 1 if mark else None,
-            field=_top_key_at(text, start.line) if start else None,
-        ) from None
+def _parse(doc: YamlDoc, *, name: str, base: Path | None) -> Recipe:
+    source = doc.name
+    root = doc.root
     if root is None or not isinstance(root, yaml.MappingNode):
         raise SpecError("a recipe must be a mapping of fields", file=source, line=1)
     values: dict[str, Any] = {}
@@ -121,7 +142,7 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
                 line=line,
                 field=key,
             )
-        value = yaml.safe_load(yaml.serialize(value_node))
+        value = _plain(doc, value_node, key)
         if not isinstance(value, _FIELDS[key]):
             raise SpecError(f"wrong type {type(value).__name__}", file=source, line=line, field=key)
         values[key] = value
@@ -169,7 +190,7 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
             raise err("certificate", "give both 'cert' and 'key' file paths, or 'generated'")
         paths = {k: (base / v if base else Path(v)) for k, v in cert.items()}
         for k, p in paths.items():
-            if not p.is_file():
+            if not os.path.isfile(p):
                 raise err("certificate", f"{k} file {p} does not exist")
         kwargs["cert_file"], kwargs["key_file"] = paths["cert"], paths["key"]
     elif cert != "generated":
@@ -177,13 +198,22 @@ def _parse(text: str, *, name: str, source: str, base: Path | None) -> Recipe:
     return Recipe(**kwargs)
 
 
-def _top_key_at(text: str, line0: int) -> str | None:
-    """The top-level key whose block holds 0-based line `line0`."""
-    for line in reversed(text.splitlines()[: line0 + 1]):
-        m = re.match(r"^([A-Za-z_][\w-]*)\s*:", line)
-        if m:
-            return m.group(1)
-    return None
+def _plain(doc: YamlDoc, node: yaml.Node, field: str, depth: int = 0) -> Any:
+    """A field's value as plain data: text, numbers, lists and mappings of them.
+
+    No field of a recipe nests deeper than a list or a mapping of text, so deeper is refused
+    rather than walked.
+    """
+    if depth > 0 and isinstance(node, yaml.SequenceNode | yaml.MappingNode):
+        raise doc.error(node, field, "nested too deep for a recipe field")
+    if isinstance(node, yaml.SequenceNode):
+        return [_plain(doc, item, field, depth + 1) for item in node.value]
+    if isinstance(node, yaml.MappingNode):
+        return {
+            key: _plain(doc, v, f"{field}.{key}", depth + 1)
+            for key, (_k, v) in doc.mapping(node, field, None).items()
+        }
+    return doc.value(node, field)
 
 
 def _size_mib(value: str | int, err: Any) -> int:
