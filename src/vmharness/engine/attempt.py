@@ -29,6 +29,7 @@ from ..results.classify import classify
 from ..results.model import INFRA, RunResult, TestCounts
 from ..spec import KnownFailure, Run
 from ..vm.job import VMJob, VMOutcome
+from ..wire.guest import AGENT_LOG, RESULT_FILE, TEST_DIR, TEST_LOG
 
 RESULT_JSON_LIMIT = 1024 * 1024
 
@@ -206,7 +207,7 @@ def decide(
 
     if outcome.ended == "error":
         return verdict("died", outcome.reason or "the VM failed to start")
-    agent = _read_result_json(out_dir / "result.json")
+    agent = _read_result_json(out_dir / RESULT_FILE)
     if outcome.ended == "timeout":
         return verdict("timeout", outcome.reason + _partial(extraction))
     if not extraction.files and extraction.error:
@@ -236,7 +237,7 @@ def decide(
     code = agent.get("test_exit_code")
     code = code if isinstance(code, int) else None
     parsed = parse_results(
-        out_dir / "test", run.test.format, run.test.results, log_file=out_dir / "test.log"
+        out_dir / TEST_DIR, run.test.format, run.test.results, log_file=out_dir / TEST_LOG
     )
     counts = parsed.counts if parsed else TestCounts()
     problems = list(parsed.problems) if parsed else []
@@ -286,7 +287,7 @@ def _why_no_result(out_dir: Path, console_log: Path) -> str:
     if "Kernel panic" in console:
         line = next((ln for ln in console.splitlines() if "Kernel panic" in ln), "")
         return f"guest kernel panic: {line.split('] ', 1)[-1].strip()[:200]} (see console.log)"
-    if (out_dir / "agent.log").exists():
+    if (out_dir / AGENT_LOG).exists():
         return (
             "the agent stopped without writing result.json (it crashed or was killed); "
             "see output/agent.log and console.log"
