@@ -20,16 +20,16 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .. import conditions as conditions_mod
 from ..images.cache import BaseImage
 from ..images.disks import make_input_disk, make_output_disk
 from ..images.extract import Extraction, extract
 from ..results import parse_results
 from ..results.classify import classify
 from ..results.model import INFRA, RunResult, TestCounts
-from ..spec import KnownFailure, Run
+from ..spec import MAIN_REPO, KnownFailure, Run
 from ..vm.job import VMJob, VMOutcome
-from ..wire.guest import AGENT_LOG, RESULT_FILE, TEST_DIR, TEST_LOG
+from ..wire.conditions import Conditions
+from ..wire.guest import AGENT_LOG, CONDITIONS_FILE, RESULT_FILE, TEST_DIR, TEST_LOG
 
 RESULT_JSON_LIMIT = 1024 * 1024
 
@@ -98,9 +98,8 @@ def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[V
     work = log_dir / "work"
     work.mkdir(parents=True)
     t0 = time.monotonic()
-    cond = conditions_mod.for_run(run, main_source=image.apt_source, suite=image.suite)
-    text = cond.to_toml()
-    (log_dir / conditions_mod.FILE_NAME).write_text(text)
+    text = conditions_for(run, main_source=image.apt_source, suite=image.suite).to_toml()
+    (log_dir / CONDITIONS_FILE).write_text(text, encoding="utf-8")
     make_input_disk(work / "input.img", text, run.test.suite)
     make_output_disk(work / "output.img", run.vm.output_size_mib)
     use_kernel = ctx.boot in ("snapshot", "kernel") and image.kernel is not None
@@ -122,6 +121,40 @@ def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[V
         snapshot_store=ctx.snapshot_store if warm else None,
     )
     return job, {"disks": time.monotonic() - t0}
+
+
+def conditions_for(run: Run, *, main_source: str, suite: str) -> Conditions:
+    """The conditions of one run. `main_source` is the image's own apt line, `suite` its suite."""
+
+    def lines(names: tuple[str, ...]) -> tuple[str, ...]:
+        repos = dict(run.repositories)
+        out = []
+        for name in names:
+            line = main_source if name == MAIN_REPO else repos.get(name)
+            if line:  # repos the image already has (the OSG's names) need no line
+                out.append(line.replace("{suite}", suite))
+        return tuple(out)
+
+    install = lines(run.source.repos)
+    # Keeping the image's own sources when the spec only names `main` avoids a needless rewrite.
+    if install == (main_source,):
+        install = ()
+    return Conditions(
+        run_id=run.id,
+        platform=run.platform.name,
+        source=run.source.label,
+        package_set=run.package_set.label,
+        network=run.vm.network != "none",
+        debug=run.vm.debug,
+        install_repos=install,
+        upgrade_repos=lines(run.source.upgrade_to),
+        packages=run.package_set.packages,
+        test_command=run.test.command,
+        test_timeout_s=run.test.timeout_s,
+        test_env=run.test.env,
+        results_file=run.test.results,
+        has_suite=run.test.suite is not None,
+    )
 
 
 def collect(
