@@ -30,6 +30,7 @@ from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, load_recipe
 from .spec import check_platforms, expand, load_spec, parse_duration
 from .vm.snapshots import SnapshotStore
+from .wire.codec import encode
 
 # Piped into a CI log, lines are not folded at 80 columns in the middle of paths and messages.
 console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())
@@ -359,9 +360,7 @@ def cmd_matrix(args: argparse.Namespace) -> int:
 
 
 def to_json_runs(runs) -> dict:
-    from .state import run_to_dict
-
-    return {"count": len(runs), "runs": [run_to_dict(r) for r in runs]}
+    return {"count": len(runs), "runs": [encode(r) for r in runs]}
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@ documents, strict bounded reading, atomic writes, SHA-256 (no VM)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,6 +17,7 @@ import pytest
 from vmharness.results.model import Problem, RunResult
 from vmharness.results.model import TestCounts as Counts
 from vmharness.spec import expand, load_spec
+from vmharness.state import RunDB
 from vmharness.wire import codec, files, formats
 from vmharness.wire.codec import Kind, WireError
 
@@ -231,3 +233,21 @@ def test_sha256_of_a_file(tmp_path: Path) -> None:
     data = os.urandom(3 * files.CHUNK + 7)
     path.write_bytes(data)
     assert files.sha256_file(path) == hashlib.sha256(data).hexdigest()
+
+
+def test_database_rows_are_versioned_documents_and_older_rows_still_read(tmp_path: Path) -> None:
+    (run,) = expand(load_spec(REPO / "examples" / "smoke.yaml"))
+    db = RunDB(tmp_path)
+    db.add_runs([run])
+    db.start_attempt(run.id)
+    verdict = RunResult(run_id=run.id, status="pass", counts=Counts(ok=1), phases={"vm": 2.0})
+    db.finish_attempt(verdict, final=True)
+    stored = db.conn.execute("SELECT run_json, result_json FROM runs").fetchone()
+    assert [json.loads(s)["format"] for s in stored] == [1, 1]
+    # As vmharness wrote them before the wire layer: the same fields, no version.
+    db.conn.execute(
+        "UPDATE runs SET run_json = ?, result_json = ?",
+        (json.dumps(codec.encode(run)), json.dumps(dataclasses.asdict(verdict))),
+    )
+    assert db.runs() == [run] and db.results() == {run.id: verdict}
+    db.close()

@@ -18,7 +18,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -192,7 +192,7 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     final = settle(result, infra_before=retry, retries=max_retries, removed=hist.aborted)
     folder.db.finish_attempt(result, final=final)
     if log_dir.is_dir():
-        write_json(log_dir / "run.json", asdict(result))
+        runner.write_run_json(log_dir, result)
     refresh_reports(folder)
     # The retry's disks are made by the PRE script (node_pre), which DAGMan runs again first.
     return POST_OK if not died else (POST_FAILED if final else POST_RETRY)

@@ -7,7 +7,7 @@ Every file a run produces lives under its log folder (runs/<id>/ in the run fold
     conditions.toml   the conditions given to the guest (a copy of the input disk's file)
     console.log       the serial console, kept whatever happened
     output/           what the guest wrote to its output disk, extracted safely
-    run.json          the verdict (RunResult)
+    run.json          the verdict (a RunResult document, wire/formats.py RESULT)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..images.cache import BaseImage
@@ -28,10 +28,13 @@ from ..results.classify import classify
 from ..results.model import INFRA, RunResult, TestCounts
 from ..spec import MAIN_REPO, KnownFailure, Run
 from ..vm.job import VMJob, VMOutcome
+from ..wire.codec import write_document
 from ..wire.conditions import Conditions
+from ..wire.formats import RESULT
 from ..wire.guest import AGENT_LOG, CONDITIONS_FILE, RESULT_FILE, TEST_DIR, TEST_LOG
 
 RESULT_JSON_LIMIT = 1024 * 1024
+RUN_FILE = "run.json"
 
 
 @dataclass(frozen=True)
@@ -195,8 +198,13 @@ def collect(
     job.input_disk.unlink(missing_ok=True)
     if extraction.error is None:
         job.output_disk.unlink(missing_ok=True)
-    (log_dir / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    write_run_json(log_dir, result)
     return result
+
+
+def write_run_json(log_dir: Path, result: RunResult) -> None:
+    """The attempt's verdict beside its logs, for whoever reads the run folder by hand."""
+    write_document(log_dir / RUN_FILE, RESULT, result)
 
 
 def settle(result: RunResult, *, infra_before: int, retries: int, removed: bool = False) -> bool:
