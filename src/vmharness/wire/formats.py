@@ -15,9 +15,10 @@ from .codec import Kind
 RUN = Kind("run", 1, unversioned=1)
 RESULT = Kind("result", 1, unversioned=1)
 # runs/<id>/work/job.json (condor.job.JobDescription) and outcome.json (vm.job.VMOutcome):
-# between the submit side and the execute point.
+# between the submit side and the execute point. An outcome.json without a version is read as
+# version 1, as it always was.
 JOB = Kind("job.json", 1, limit=1 << 20)
-OUTCOME = Kind("outcome.json", 1, limit=64 << 10)
+OUTCOME = Kind("outcome.json", 1, unversioned=1, limit=64 << 10)
 # condor/plan.json (condor.job.Plan): what a submit decided, for the DAG's nodes.
 PLAN = Kind("plan.json", 1, limit=16 << 20)
 # results.json (report.jsonout.ResultsFile): the public machine-readable report. Its version
