@@ -13,7 +13,6 @@ Every file a run produces lives under its log folder (runs/<id>/ in the run fold
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -28,7 +27,7 @@ from ..results.classify import classify
 from ..results.model import INFRA, RunResult, TestCounts
 from ..spec import MAIN_REPO, KnownFailure, Run
 from ..vm.job import VMJob, VMOutcome
-from ..wire.codec import write_document
+from ..wire.codec import WireError, read_json, write_document
 from ..wire.conditions import Conditions
 from ..wire.formats import RESULT
 from ..wire.guest import AGENT_LOG, CONDITIONS_FILE, RESULT_FILE, TEST_DIR, TEST_LOG
@@ -248,11 +247,13 @@ def decide(
 
     if outcome.ended == "error":
         return verdict("died", outcome.reason or "the VM failed to start")
-    agent = _read_result_json(out_dir / RESULT_FILE)
+    agent, invalid = _read_result_json(out_dir / RESULT_FILE)
     if outcome.ended == "timeout":
         return verdict("timeout", outcome.reason + _partial(extraction))
     if not extraction.files and extraction.error:
         return verdict("died", extraction.error)
+    if invalid:
+        return verdict("died", invalid)
     if agent is None:
         return verdict("died", _why_no_result(out_dir, console_log))
     versions = {
@@ -306,14 +307,20 @@ def decide(
     )
 
 
-def _read_result_json(path: Path) -> dict | None:
+def _read_result_json(path: Path) -> tuple[dict | None, str]:
+    """What the agent wrote, or None and why it cannot be used ("" when there is none)."""
+    what = f"{RESULT_FILE} from the guest"
+    if not path.is_file():
+        return None, ""
     try:
-        if not path.is_file() or path.stat().st_size > RESULT_JSON_LIMIT:
-            return None
-        data = json.loads(path.read_text(errors="replace"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = read_json(path, limit=RESULT_JSON_LIMIT, what=what)
+    except OSError as exc:
+        return None, f"{what} cannot be read: {exc.strerror or exc}"
+    except WireError as exc:  # not JSON, NaN, a number out of range, too deep, too large
+        return None, str(exc)
+    if not isinstance(data, dict):
+        return None, f"{what} is not valid: not a JSON object"
+    return data, ""
 
 
 def _why_no_result(out_dir: Path, console_log: Path) -> str:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePath
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
-from .files import read_bounded, write_atomic
+from .files import write_atomic
 
 T = TypeVar("T")
 
@@ -74,8 +74,8 @@ def dumps(value: Any, *, indent: int | None = 1) -> str:
 
 
 def loads(text: str | bytes, *, what: str = "JSON text") -> Any:
-    """A JSON value from text that may come from anywhere; WireError naming `what` if it is
-    not strict JSON within the limits (see the module's docstring)."""
+    """A JSON value from text that may come from anywhere. If it is not strict JSON within the
+    limits (see the module's docstring): WireError("<what> is not valid: <why>")."""
     try:
         value = json.loads(
             text,
@@ -83,16 +83,18 @@ def loads(text: str | bytes, *, what: str = "JSON text") -> Any:
             parse_float=_finite_float,
             parse_int=_bounded_int,
         )
+        _check_depth(value)
     except RecursionError:
-        raise WireError(f"{what}: nested deeper than {MAX_DEPTH} levels") from None
+        why = f"nested deeper than {MAX_DEPTH} levels"
     except UnicodeDecodeError as exc:
-        raise WireError(f"{what} is not UTF-8 text: {exc.reason} at byte {exc.start}") from None
+        why = f"not UTF-8 text ({exc.reason} at byte {exc.start})"
     except WireError as exc:
-        raise WireError(f"{what} is not valid: {exc.message}") from None
+        why = exc.message
     except ValueError as exc:
-        raise WireError(f"{what} is not valid JSON: {exc}") from None
-    _check_depth(value, what)
-    return value
+        why = f"not JSON ({exc})"
+    else:
+        return value
+    raise WireError(f"{what} is not valid: {why}")
 
 
 def _no_constant(name: str) -> Any:
@@ -113,12 +115,12 @@ def _bounded_int(text: str) -> int:
     return value
 
 
-def _check_depth(value: Any, what: str) -> None:
+def _check_depth(value: Any) -> None:
     stack = [(value, 1)] if isinstance(value, dict | list) else []
     while stack:
         node, depth = stack.pop()
         if depth > MAX_DEPTH:
-            raise WireError(f"{what}: nested deeper than {MAX_DEPTH} levels")
+            raise WireError(f"nested deeper than {MAX_DEPTH} levels")
         children = node.values() if isinstance(node, dict) else node
         stack.extend((c, depth + 1) for c in children if isinstance(c, dict | list))
 
@@ -374,14 +376,16 @@ def write_json_atomic(path: Path, value: Any, *, indent: int | None = 1) -> Path
     return write_atomic(path, dumps(value, indent=indent) + "\n")
 
 
-def read_json(path: Path, *, limit: int = DEFAULT_LIMIT) -> Any:
+def read_json(path: Path, *, limit: int = DEFAULT_LIMIT, what: str = "") -> Any:
     """The JSON value in a file, read strictly (see `loads`) and at most `limit` bytes of it.
-    OSError when it cannot be read; WireError, naming the file, when it is not valid."""
-    try:
-        raw = read_bounded(path, limit)
-    except ValueError as exc:
-        raise WireError(str(exc)) from None
-    return loads(raw, what=str(path))
+    OSError when it cannot be read; WireError("<what> is not valid: <why>") when it is not
+    valid, `what` being the file's path unless given."""
+    what = what or str(path)
+    with open(path, "rb") as f:
+        raw = f.read(limit + 1)
+    if len(raw) > limit:
+        raise WireError(f"{what} is not valid: larger than {limit} bytes")
+    return loads(raw, what=what)
 
 
 def write_document(path: Path, kind: Kind, obj: Any, *, nonfinite_as_null: bool = False) -> Path:

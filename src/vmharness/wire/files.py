@@ -56,12 +56,3 @@ def write_atomic(path: Path, data: str | bytes, *, mode: int = 0o644) -> Path:
             f.write(raw)
         os.chmod(tmp, mode)  # whatever the umask took away
     return path
-
-
-def read_bounded(path: Path, limit: int) -> bytes:
-    """A file's bytes, or ValueError when it holds more than `limit` of them."""
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ValueError(f"{path}: larger than {limit} bytes")
-    return data
