@@ -32,8 +32,6 @@ from vmharness.spec import PackageSet, Platform, Run, Source, TestSettings, VMSe
 from vmharness.wire.codec import read_document, to_document, write_json_atomic
 from vmharness.wire.formats import RESULTS
 
-FORMAT_VERSION = RESULTS.version
-
 
 @dataclass
 class ResultsRun:
