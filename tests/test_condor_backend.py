@@ -21,6 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -175,7 +176,10 @@ def test_outcome_from_events() -> None:
         abort_reason="The job attribute PeriodicRemove expression '...' evaluated to TRUE",
         holds=[("Transfer input files failure: No such file", 13, 2)],
     )
-    got = events.outcome_from(held, None, "qemu", {"held_max_s": 60})
+    plan = jobfile.Plan(
+        style="qemu", delivery="transfer", boot="kernel", held_max_s=60, queue_max_s=3600
+    )
+    got = events.outcome_from(held, None, "qemu", plan)
     assert got.ended == "error"
     assert "held for longer than 60s" in got.reason and "No such file" in got.reason
     timed = events.JobHistory(
@@ -236,7 +240,7 @@ def test_job_description_round_trip(tmp_path: Path) -> None:
         network="user",
         wall_timeout_s=99,
     )
-    desc = jobfile.job_to_json(
+    desc = jobfile.describe_job(
         job,
         run_id="0001",
         attempt=2,
@@ -249,7 +253,7 @@ def test_job_description_round_trip(tmp_path: Path) -> None:
     assert back.base_disk == Path("/sandbox/d-1234.qcow2")
     assert back.input_disk == Path("/sandbox/input.img") and back.kernel is None
     assert (back.memory_mib, back.cpus, back.network, back.wall_timeout_s) == (512, 2, "user", 99)
-    shared = jobfile.job_in({**desc, "base_disk": "/shared/d.qcow2"}, Path("/sandbox"))
+    shared = jobfile.job_in(replace(desc, base_disk="/shared/d.qcow2"), Path("/sandbox"))
     assert shared.base_disk == Path("/shared/d.qcow2")
 
 

@@ -14,16 +14,14 @@ import pytest
 from vmharness.errors import UsageError
 from vmharness.results.model import Problem, RunResult
 from vmharness.results.model import TestCounts as Counts
-from vmharness.spec import expand, load_spec
+from vmharness.spec import Run, expand, load_spec
 from vmharness.state import (
     DB_NAME,
     PENDING,
     RUNNING,
     RunDB,
-    result_from_dict,
-    run_from_dict,
-    run_to_dict,
 )
+from vmharness.wire.codec import decode, encode
 
 REPO = Path(__file__).resolve().parents[1]
 MATRIX = REPO / "examples" / "matrix.yaml"
@@ -52,8 +50,8 @@ def result(run_id: str, status: str, attempt: int, **kw) -> RunResult:
 def test_run_dict_round_trip_matrix(runs) -> None:
     assert len(runs) == 8
     for run in runs:
-        d = run_to_dict(run)
-        again = run_from_dict(json.loads(json.dumps(d)))  # through JSON, as stored
+        d = encode(run)
+        again = decode(Run, json.loads(json.dumps(d)))  # through JSON, as stored
         assert again == run
         assert again.wall_timeout_s == run.wall_timeout_s
 
@@ -68,7 +66,7 @@ def test_run_dict_round_trip_with_suite_and_env(tmp_path: Path) -> None:
         "vm: {wall_timeout: 9m, debug: true, network: user}\n"
     )
     (run,) = expand(load_spec(spec))
-    again = run_from_dict(json.loads(json.dumps(run_to_dict(run))))
+    again = decode(Run, json.loads(json.dumps(encode(run))))
     assert again == run
     assert isinstance(again.test.suite, Path)
     assert again.test.env == run.test.env and again.vm.debug is True
@@ -255,7 +253,7 @@ def test_two_connections_see_each_other(tmp_path: Path, runs) -> None:
 def test_result_from_dict_ignores_unknown_fields() -> None:
     r = result("0001", "pass", 1, counts=Counts(ok=2))
     d = json.loads(json.dumps({**r.__dict__, "counts": r.counts.as_dict(), "new_field": 1}))
-    assert result_from_dict(d) == r
+    assert decode(RunResult, d) == r
 
 
 def test_schema_is_plain_sqlite(db: RunDB) -> None:
@@ -269,6 +267,6 @@ def test_schema_is_plain_sqlite(db: RunDB) -> None:
 def test_smoke_spec_round_trips() -> None:
     runs = expand(load_spec(SMOKE))
     for run in runs:
-        assert run_from_dict(run_to_dict(run)) == run
+        assert decode(Run, encode(run)) == run
         # a changed copy is not equal (the comparison above is meaningful)
-        assert run_from_dict(run_to_dict(replace(run, id="9999"))) != run
+        assert decode(Run, encode(replace(run, id="9999"))) != run

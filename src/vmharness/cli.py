@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -38,6 +37,8 @@ from .spec import (
     parse_duration,
 )
 from .vm.snapshots import SnapshotStore
+from .wire.codec import encode, read_json, write_json_atomic
+from .wire.files import write_atomic
 
 # Piped into a CI log, lines are not folded at 80 columns in the middle of paths and messages.
 console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())
@@ -269,8 +270,7 @@ def _finish(folder, args: argparse.Namespace) -> int:
 
     paths = folder.write_reports(console, getattr(args, "previous", None))
     if getattr(args, "json", None):
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(paths["json"], args.json)
+        write_atomic(args.json, paths["json"].read_bytes())
     console.print(f"reports: {paths['html']}  {paths['junit']}  {paths['json']}")
     console.print(f"logs:    {folder.path / 'runs'}/<run id>/ (console.log, output/)")
     check_can_run(folder.db.results())
@@ -385,9 +385,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def to_json_runs(runs) -> dict:
-    from .state import run_to_dict
-
-    return {"count": len(runs), "runs": [run_to_dict(r) for r in runs]}
+    return {"count": len(runs), "runs": [encode(r) for r in runs]}
 
 
 def cmd_image_build(args: argparse.Namespace) -> int:
@@ -653,8 +651,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     about = {"cluster": done.cluster, "dag": str(done.dag_file), "style": opts.style}
 
     def write_json(payload: dict) -> None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({**payload, "condor": about}, indent=1) + "\n")
+        write_json_atomic(args.json, {**payload, "condor": about})
 
     if args.json:
         write_json(to_json(folder.report_input()))
@@ -663,7 +660,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     _wait_for_dag(folder)
     code = _finish(folder, args)
     if args.json:
-        write_json(json.loads(args.json.read_text()))
+        write_json(read_json(args.json))
     return code
 
 
@@ -723,8 +720,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     for node, why in st.failed:
         console.print(f"  failed: node {node}: {why}", highlight=False)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(st.as_dict(), indent=1) + "\n")
+        write_json_atomic(args.json, st.as_dict())
     return EXIT_PASS
 
 

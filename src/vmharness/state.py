@@ -7,19 +7,19 @@ vmharness died is run again, and its interrupted attempt is recorded.
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
-from .results.model import Problem, RunResult, TestCounts
-from .spec import KnownFailure, PackageSet, Platform, Run, Source, TestSettings, VMSettings
+from .results.model import RunResult
+from .spec import KnownFailure, Run
+from .wire.codec import WireError, decode, dumps, encode, from_text, loads, to_text
+from .wire.formats import RESULT, RUN
 
 DB_NAME = "state.sqlite"
 SCHEMA_VERSION = 1
@@ -94,10 +94,13 @@ class RunDB:
     def set_meta(self, **values: Any) -> None:
         with self.tx() as c:
             for k, v in values.items():
-                c.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, json.dumps(v)))
+                c.execute(
+                    "INSERT OR REPLACE INTO meta VALUES (?, ?)", (k, dumps(encode(v), indent=None))
+                )
 
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self._query("SELECT key, value FROM meta")}
+        rows = self._query("SELECT key, value FROM meta")
+        return {k: loads(v, what=f"{self.path}: meta {k}") for k, v in rows}
 
     # -- runs -------------------------------------------------------------------------------
     def add_runs(self, runs: Iterable[Run]) -> None:
@@ -106,12 +109,12 @@ class RunDB:
             c.executemany(
                 "INSERT OR IGNORE INTO runs (id, seq, run_json, state, updated) "
                 "VALUES (?, ?, ?, ?, ?)",
-                [(r.id, i, json.dumps(run_to_dict(r)), PENDING, now) for i, r in enumerate(runs)],
+                [(r.id, i, to_text(RUN, r), PENDING, now) for i, r in enumerate(runs)],
             )
 
     def runs(self) -> list[Run]:
-        rows = self._query("SELECT run_json FROM runs ORDER BY seq")
-        return [run_from_dict(json.loads(j)) for (j,) in rows]
+        rows = self._query("SELECT id, run_json FROM runs ORDER BY seq")
+        return [from_text(RUN, Run, j, what=f"{self.path}: run {i}") for i, j in rows]
 
     def states(self) -> dict[str, tuple[str, int]]:
         """run id -> (state, attempts so far)."""
@@ -119,7 +122,7 @@ class RunDB:
 
     def results(self) -> dict[str, RunResult]:
         rows = self._query("SELECT id, result_json FROM runs WHERE result_json IS NOT NULL")
-        return {i: result_from_dict(json.loads(j)) for i, j in rows}
+        return {i: _stored_result(i, j) for i, j in rows}
 
     def recover_interrupted(self) -> list[str]:
         """Runs left `running` by a vmharness that died: back to pending, attempt noted."""
@@ -168,7 +171,7 @@ class RunDB:
                 (
                     "done" if final else PENDING,
                     result.status,
-                    json.dumps(asdict(result)),
+                    to_text(RESULT, result),
                     now,
                     result.run_id,
                 ),
@@ -199,44 +202,19 @@ class RunDB:
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
 
-# -- (de)serialization of the boundary dataclasses ---------------------------------------------
-def run_to_dict(run: Run) -> dict[str, Any]:
-    d = asdict(run)
-    d["platform"]["image"] = str(run.platform.image) if run.platform.image else None
-    d["test"]["suite"] = str(run.test.suite) if run.test.suite else None
-    return d
-
-
-def run_from_dict(d: dict[str, Any]) -> Run:
-    platform = dict(d["platform"])
-    platform["image"] = Path(platform["image"]) if platform.get("image") else None
-    source = {k: tuple(v) if isinstance(v, list) else v for k, v in d["source"].items()}
-    pkgs = {k: tuple(v) if isinstance(v, list) else v for k, v in d["package_set"].items()}
-    test = dict(d["test"])
-    test["suite"] = Path(test["suite"]) if test.get("suite") else None
-    test["env"] = tuple(tuple(e) for e in test.get("env", ()))
-    return Run(
-        id=d["id"],
-        platform=Platform(**platform),
-        source=Source(**source),
-        package_set=PackageSet(**pkgs),
-        test=TestSettings(**test),
-        vm=VMSettings(**d["vm"]),
-        repositories=tuple(tuple(r) for r in d.get("repositories", ())),
-    )
-
-
-def result_from_dict(d: dict[str, Any]) -> RunResult:
-    d = dict(d)
-    d["counts"] = TestCounts(**d.get("counts", {}))
-    d["problems"] = [Problem(**p) for p in d.get("problems", [])]
-    known = set(RunResult.__dataclass_fields__)
-    return RunResult(**{k: v for k, v in d.items() if k in known})
+# -- rows (their format: wire/formats.py) ------------------------------------------------------
+def _stored_result(run_id: str, text: str) -> RunResult:
+    """A stored verdict; one that cannot be read (a corrupt row, or one an older vmharness
+    wrote with NaN in it) is shown as what it is rather than stopping every report."""
+    try:
+        return from_text(RESULT, RunResult, text, what=f"its stored verdict ({DB_NAME})")
+    except WireError as exc:
+        return RunResult(run_id=run_id, status="died", reason=str(exc))
 
 
 def known_failures_to_json(kfs: list[KnownFailure]) -> list[dict[str, str]]:
-    return [asdict(k) for k in kfs]
+    return encode(list(kfs))
 
 
 def known_failures_from_json(items: list[dict[str, str]]) -> list[KnownFailure]:
-    return [KnownFailure(**k) for k in items]
+    return decode(list[KnownFailure], items)

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import InfraError
 from ..vm.job import VMOutcome
-from .job import OUTCOME_FILE, TIMEOUT_HOLD_SUBCODE
+from .job import OUTCOME_FILE, TIMEOUT_HOLD_SUBCODE, Plan
 
 
 def bindings():
@@ -126,25 +125,24 @@ def read_history(log: Path, job_id: str = "") -> JobHistory:
     return next(reversed(jobs.values()), JobHistory())
 
 
-def removal_reason(hist: JobHistory, plan: dict[str, Any] | None = None) -> str:
+def removal_reason(hist: JobHistory, plan: Plan | None = None) -> str:
     """Why a job left the queue without ending, in words."""
-    plan = plan or {}
     why = hist.abort_reason
     if "PeriodicRemove" in why:  # our own policy (see condor.py, _policy)
         if hist.holds:
-            held_max = plan.get("held_max_s")
             return (
-                f"held for longer than {held_max}s (--held-max) and removed; hold reason: "
-                if held_max is not None
+                f"held for longer than {plan.held_max_s}s (--held-max) and removed; hold reason: "
+                if plan is not None
                 else "held too long and removed; hold reason: "
             ) + hist.last_hold
-        return f"in the queue for longer than {plan.get('queue_max_s', '?')}s (--queue-max)"
+        queue_max = plan.queue_max_s if plan is not None else "?"
+        return f"in the queue for longer than {queue_max}s (--queue-max)"
     text = f"removed ({why})" if why else "removed (condor_rm; no reason given)"
     return text + (f"; it had been held: {hist.last_hold}" if hist.holds else "")
 
 
 def outcome_from(
-    hist: JobHistory, outcome: VMOutcome | None, style: str, plan: dict[str, Any] | None = None
+    hist: JobHistory, outcome: VMOutcome | None, style: str, plan: Plan | None = None
 ) -> VMOutcome:
     """How the VM ended, from what run-one wrote (qemu style) or the job's events alone."""
     seconds = (hist.ended - hist.started) if hist.ended and hist.started else 0.0

@@ -10,13 +10,12 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict
 from pathlib import Path
 
 from ..vm.accel import ACCEL_ENV, choose_accelerator
 from ..vm.job import VMOutcome
 from ..vm.qemu import LocalVMs
-from .job import JOB_FORMAT, OUTCOME_FILE, job_in, read_job, write_json
+from .job import OUTCOME_FILE, job_in, read_job, write_outcome
 
 
 # -- execute side -------------------------------------------------------------------------------
@@ -53,5 +52,5 @@ def run_one(job_file: Path, say: Callable[[str], None] = lambda _m: None) -> int
         )
     finally:
         shutil.rmtree(sandbox / "vm", ignore_errors=True)
-    write_json(outcome_path, {"format": JOB_FORMAT, **asdict(outcome)})
+    write_outcome(outcome_path, outcome)
     return 0

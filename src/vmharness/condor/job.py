@@ -6,23 +6,25 @@ Files of one run (runs/<id>/work/ in the run folder, the VM job's initialdir):
     outcome.json  how the VM ended (run-one writes it on the execute point; qemu style only)
 and runs/<id>/condor-job.log, the VM job's HTCondor event log.
 
-job.json (JOB_FORMAT 1): {"format", "run_id", "attempt", "name", "base_disk", "kernel",
-"initrd", "cmdline", "input_disk", "output_disk", "console_log", "memory_mib", "cpus",
-"network", "wall_timeout_s", "phases"}; relative paths are in the job's sandbox (transferred
-files), absolute ones are on a filesystem the execute point shares. outcome.json is a VMOutcome
-as JSON (`ended` poweroff|timeout|error, `seconds`, `accelerator`, `reason`, `exit_code`, `host`).
+job.json is a JobDescription document (wire/formats.py JOB): {"format", "run_id", "attempt",
+"name", "base_disk", "kernel", "initrd", "cmdline", "input_disk", "output_disk", "console_log",
+"memory_mib", "cpus", "network", "wall_timeout_s", "phases"}; relative paths are in the job's
+sandbox (transferred files), absolute ones are on a filesystem the execute point shares.
+outcome.json is a VMOutcome document (OUTCOME: `ended` poweroff|timeout|error, `seconds`,
+`accelerator`, `reason`, `exit_code`, `host`, ...). condor/plan.json, what a submit decided for
+the nodes, is a Plan document (PLAN).
 """
 
 from __future__ import annotations
 
-import json
-import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
+from ..engine.attempt import ImageRef
 from ..vm.job import VMJob, VMOutcome
+from ..wire.codec import WireError, read_document, write_document
+from ..wire.formats import JOB, OUTCOME, PLAN
 
-JOB_FORMAT = 1
 JOB_FILE = "job.json"
 OUTCOME_FILE = "outcome.json"
 JOB_LOG = "condor-job.log"  # in runs/<id>/, beside console.log
@@ -31,10 +33,32 @@ CONDOR_DIR = "condor"
 DAG_FILE = "runs.dag"  # in condor/
 TIMEOUT_HOLD_SUBCODE = 4201  # HoldReasonSubCode of our periodic_hold (wall-clock timeout)
 SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+ENDINGS = ("poweroff", "timeout", "error")
 
 
 # -- the job description -----------------------------------------------------------------------
-def job_to_json(
+@dataclass(frozen=True)
+class JobDescription:
+    """A prepared VM job as the execute point sees it (job.json)."""
+
+    run_id: str
+    attempt: int
+    name: str
+    base_disk: str  # relative: in the job's sandbox; absolute: on a shared filesystem
+    kernel: str | None
+    initrd: str | None
+    cmdline: str
+    input_disk: str
+    output_disk: str
+    memory_mib: int
+    cpus: int
+    network: str
+    wall_timeout_s: int
+    console_log: str = "console.log"
+    phases: dict[str, float] = field(default_factory=dict)  # the submit side's, so far
+
+
+def describe_job(
     job: VMJob,
     *,
     run_id: str,
@@ -43,79 +67,121 @@ def job_to_json(
     kernel: str | None,
     initrd: str | None,
     phases: dict[str, float],
-) -> dict[str, Any]:
-    """The description of a prepared VM job as the execute point sees it."""
-    return {
-        "format": JOB_FORMAT,
-        "run_id": run_id,
-        "attempt": attempt,
-        "name": job.name,
-        "base_disk": base,
-        "kernel": kernel,
-        "initrd": initrd,
-        "cmdline": job.cmdline,
-        "input_disk": job.input_disk.name,
-        "output_disk": job.output_disk.name,
-        "console_log": "console.log",
-        "memory_mib": job.memory_mib,
-        "cpus": job.cpus,
-        "network": job.network,
-        "wall_timeout_s": job.wall_timeout_s,
-        "phases": {k: round(v, 3) for k, v in phases.items()},
-    }
+) -> JobDescription:
+    return JobDescription(
+        run_id=run_id,
+        attempt=attempt,
+        name=job.name,
+        base_disk=base,
+        kernel=kernel,
+        initrd=initrd,
+        cmdline=job.cmdline,
+        input_disk=job.input_disk.name,
+        output_disk=job.output_disk.name,
+        memory_mib=job.memory_mib,
+        cpus=job.cpus,
+        network=job.network,
+        wall_timeout_s=job.wall_timeout_s,
+        phases={k: round(v, 3) for k, v in phases.items()},
+    )
 
 
-def read_job(path: Path) -> dict[str, Any]:
-    data = json.loads(path.read_text())
-    if not isinstance(data, dict) or data.get("format") != JOB_FORMAT:
-        raise ValueError(f"{path} is not a vmharness job description (format {JOB_FORMAT})")
-    return data
+def write_job(path: Path, desc: JobDescription) -> None:
+    write_document(path, JOB, desc)
 
 
-def job_in(desc: dict[str, Any], sandbox: Path) -> VMJob:
+def read_job(path: Path) -> JobDescription:
+    """OSError when it cannot be read; WireError (a ValueError) when it is not a job.json."""
+    return read_document(path, JOB, JobDescription)
+
+
+def job_in(desc: JobDescription, sandbox: Path) -> VMJob:
     """The VMJob a description names, with relative paths taken in `sandbox`."""
 
     def where(name: str | None) -> Path | None:
         return None if not name else sandbox / name  # an absolute name stays as it is
 
     return VMJob(
-        name=str(desc["name"]),
-        base_disk=sandbox / desc["base_disk"],
-        kernel=where(desc.get("kernel")),
-        initrd=where(desc.get("initrd")),
-        cmdline=str(desc.get("cmdline") or ""),
-        input_disk=sandbox / desc["input_disk"],
-        output_disk=sandbox / desc["output_disk"],
+        name=desc.name,
+        base_disk=sandbox / desc.base_disk,
+        kernel=where(desc.kernel),
+        initrd=where(desc.initrd),
+        cmdline=desc.cmdline,
+        input_disk=sandbox / desc.input_disk,
+        output_disk=sandbox / desc.output_disk,
         workdir=sandbox / "vm",
-        console_log=sandbox / desc.get("console_log", "console.log"),
-        memory_mib=int(desc["memory_mib"]),
-        cpus=int(desc["cpus"]),
-        network=str(desc["network"]),
-        wall_timeout_s=int(desc["wall_timeout_s"]),
+        console_log=sandbox / desc.console_log,
+        memory_mib=desc.memory_mib,
+        cpus=desc.cpus,
+        network=desc.network,
+        wall_timeout_s=desc.wall_timeout_s,
     )
 
 
+# -- how the VM ended ---------------------------------------------------------------------------
+def write_outcome(path: Path, outcome: VMOutcome) -> None:
+    write_document(path, OUTCOME, outcome)
+
+
 def read_outcome(path: Path) -> VMOutcome | None:
-    """outcome.json as written by run-one; None when absent or not what it should be."""
+    """outcome.json as run-one (or its shell wrapper) wrote it on the execute point; None when
+    absent or not what it should be. A field of the wrong type takes its default."""
     try:
-        data = json.loads(path.read_text()[:65536])
-        ended = data["ended"]
-        if ended not in ("poweroff", "timeout", "error"):
-            return None
-        code = data.get("exit_code")
-        return VMOutcome(
-            ended=ended,
-            seconds=float(data.get("seconds") or 0.0),
-            accelerator=str(data.get("accelerator") or "")[:40],
-            reason=str(data.get("reason") or "")[:2000],
-            exit_code=code if isinstance(code, int) else None,
-            host=str(data.get("host") or "")[:200],
-        )
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        got = read_document(path, OUTCOME, VMOutcome, lenient=True)
+    except (OSError, WireError):
         return None
+    if got.ended not in ENDINGS:
+        return None
+    return replace(
+        got, accelerator=got.accelerator[:40], reason=got.reason[:2000], host=got.host[:200]
+    )
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+# -- the plan -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PlanImage:
+    """A platform's staged base image: where the submit side has it, how a job names it."""
+
+    disk: Path
+    kernel: Path | None
+    initrd: Path | None
+    cmdline: str
+    apt_source: str
+    suite: str
+    label: str
+    job_disk: str  # relative: transferred into the sandbox; absolute: shared
+    job_kernel: str | None
+    job_initrd: str | None
+
+    @property
+    def ref(self) -> ImageRef:
+        return ImageRef(
+            disk=self.disk,
+            kernel=self.kernel,
+            initrd=self.initrd,
+            cmdline=self.cmdline,
+            apt_source=self.apt_source,
+            suite=self.suite,
+            label=self.label,
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a submit decided, for the DAG's nodes (condor/plan.json)."""
+
+    style: str  # vm | qemu
+    delivery: str  # transfer | shared | url
+    boot: str  # kernel | disk (VM universe: always disk)
+    held_max_s: int
+    queue_max_s: int
+    images: dict[str, PlanImage] = field(default_factory=dict)  # by platform name
+
+
+def write_plan(run_dir: Path, plan: Plan) -> None:
+    write_document(run_dir / CONDOR_DIR / PLAN_FILE, PLAN, plan)
+
+
+def read_plan(run_dir: Path) -> Plan:
+    """OSError when it cannot be read; WireError (a ValueError) when it is not a plan.json."""
+    return read_document(run_dir / CONDOR_DIR / PLAN_FILE, PLAN, Plan)

@@ -14,18 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import os
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 from rich.console import Console
 
 from ..engine import attempt as runner
-from ..engine.attempt import ImageRef, RunContext, settle
+from ..engine.attempt import RunContext, settle
 from ..results.model import INFRA, RunResult
 from ..rundir import RunFolder
 from ..spec import Run
@@ -36,13 +34,14 @@ from .job import (
     JOB_FILE,
     JOB_LOG,
     OUTCOME_FILE,
-    PLAN_FILE,
     SYSTEM_PATH,
+    Plan,
+    describe_job,
     job_in,
-    job_to_json,
     read_job,
     read_outcome,
-    write_json,
+    read_plan,
+    write_job,
 )
 
 # POST script exit codes; the VM node has RETRY N UNLESS-EXIT 2.
@@ -51,30 +50,9 @@ REPORT_REFRESH_S = 30  # POST scripts refresh the reports at most this often
 EVENT_WAIT_S = 20  # how long post waits for the job's final event to reach its log
 
 
-# -- submit side: the plan and the nodes ------------------------------------------------------
-def read_plan(run_dir: Path) -> dict[str, Any]:
-    return json.loads((run_dir / CONDOR_DIR / PLAN_FILE).read_text())
-
-
-def _image_ref(plan: dict[str, Any], platform: str) -> ImageRef:
-    i = plan["images"][platform]
-    return ImageRef(
-        disk=Path(i["disk"]),
-        kernel=Path(i["kernel"]) if i.get("kernel") else None,
-        initrd=Path(i["initrd"]) if i.get("initrd") else None,
-        cmdline=i["cmdline"],
-        apt_source=i["apt_source"],
-        suite=i["suite"],
-        label=i["label"],
-    )
-
-
-def _context(folder: RunFolder, plan: dict[str, Any]) -> RunContext:
-    return RunContext(
-        run_dir=folder.path,
-        boot=plan.get("boot", "kernel"),
-        known_failures=folder.known_failures(),
-    )
+# -- submit side: the nodes ----------------------------------------------------------------------
+def _context(folder: RunFolder, plan: Plan) -> RunContext:
+    return RunContext(run_dir=folder.path, boot=plan.boot, known_failures=folder.known_failures())
 
 
 def _open(run_dir: Path, run_id: str) -> tuple[RunFolder, Run]:
@@ -85,25 +63,24 @@ def _open(run_dir: Path, run_id: str) -> tuple[RunFolder, Run]:
     return folder, run
 
 
-def prepare_attempt(folder: RunFolder, run: Run, plan: dict[str, Any]) -> int:
+def prepare_attempt(folder: RunFolder, run: Run, plan: Plan) -> int:
     """Make the next attempt's disks and job description; record the attempt's start."""
     _, attempts = folder.db.states()[run.id]
     attempt = attempts + 1
     ctx = _context(folder, plan)
-    image = _image_ref(plan, run.platform.name)
-    job, phases = runner.prepare(run, image, ctx, attempt)
-    i = plan["images"][run.platform.name]
+    image = plan.images[run.platform.name]
+    job, phases = runner.prepare(run, image.ref, ctx, attempt)
     use_kernel = job.kernel is not None
-    desc = job_to_json(
+    desc = describe_job(
         job,
         run_id=run.id,
         attempt=attempt,
-        base=i["job_disk"],
-        kernel=i.get("job_kernel") if use_kernel else None,
-        initrd=i.get("job_initrd") if use_kernel else None,
+        base=image.job_disk,
+        kernel=image.job_kernel if use_kernel else None,
+        initrd=image.job_initrd if use_kernel else None,
         phases=phases,
     )
-    write_json(job.workdir / JOB_FILE, desc)
+    write_job(job.workdir / JOB_FILE, desc)
     folder.db.start_attempt(run.id)
     return attempt
 
@@ -125,7 +102,7 @@ def node_pre(run_dir: Path, node: str) -> int:
     db.close()
     try:
         ready = (
-            read_job(work / JOB_FILE).get("attempt") == attempts
+            read_job(work / JOB_FILE).attempt == attempts
             and state == "running"
             and (work / "input.img").is_file()
             and (work / "output.img").is_file()
@@ -154,13 +131,13 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
         why = f"the run's job description is missing ({exc})"
     job_id = job_id if job_id and not job_id.startswith("$") else ""
     hist = _wait_for_end(log_dir / JOB_LOG, job_id)
-    attempt = int(desc["attempt"]) if desc else max(1, folder.db.states()[run.id][1])
+    attempt = desc.attempt if desc else max(1, folder.db.states()[run.id][1])
     if desc is None:
         result = RunResult(
             run_id=run.id, status="died", attempt=attempt, reason=why, host=hist.host
         )
     else:
-        outcome = outcome_from(hist, read_outcome(work / OUTCOME_FILE), plan["style"], plan)
+        outcome = outcome_from(hist, read_outcome(work / OUTCOME_FILE), plan.style, plan)
         job = job_in(desc, work)
         job = replace(job, console_log=log_dir / "console.log")
         try:
@@ -170,7 +147,7 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
                 outcome,
                 _context(folder, plan),
                 attempt,
-                dict(desc.get("phases") or {}),
+                dict(desc.phases),
             )
         except Exception as exc:  # noqa: BLE001 - an unreadable result is the run's, not ours
             result = RunResult(
@@ -192,7 +169,7 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     final = settle(result, infra_before=retry, retries=max_retries, removed=hist.aborted)
     folder.db.finish_attempt(result, final=final)
     if log_dir.is_dir():
-        write_json(log_dir / "run.json", asdict(result))
+        runner.write_run_json(log_dir, result)
     refresh_reports(folder)
     # The retry's disks are made by the PRE script (node_pre), which DAGMan runs again first.
     return POST_OK if not died else (POST_FAILED if final else POST_RETRY)

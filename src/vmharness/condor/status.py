@@ -12,8 +12,7 @@ from typing import Any
 from ..errors import InfraError
 from ..rundir import RunFolder
 from .events import JobHistory, bindings, read_jobs, removal_reason
-from .job import CONDOR_DIR, DAG_FILE
-from .nodes import read_plan
+from .job import CONDOR_DIR, DAG_FILE, Plan, read_plan
 
 
 @dataclass
@@ -84,10 +83,11 @@ def status(folder: RunFolder) -> Status:
                 st.dag_state, st.dag_exit = "done", int(ev.get("ReturnValue", -1) or 0)
             elif ev.type == T.JOB_ABORTED:
                 st.dag_state = "removed"
+    plan: Plan | None
     try:
         plan = read_plan(folder.path)
     except (OSError, ValueError):
-        plan = {}
+        plan = None
     by_node: dict[str, JobHistory] = {}
     for hist in read_jobs(cdir / f"{DAG_FILE}.nodes.log").values():
         if hist.node:

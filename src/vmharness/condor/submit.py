@@ -20,7 +20,6 @@ Layout added to the run folder:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pwd
@@ -35,6 +34,8 @@ from typing import Any
 from ..engine.attempt import ImageRef
 from ..errors import InfraError, UsageError
 from ..spec import Run
+from ..wire.files import replacing, sha256_file
+from ..wire.formats import OUTCOME
 from . import status
 from .events import bindings
 from .job import (
@@ -43,9 +44,11 @@ from .job import (
     JOB_FILE,
     JOB_LOG,
     OUTCOME_FILE,
-    PLAN_FILE,
     SYSTEM_PATH,
     TIMEOUT_HOLD_SUBCODE,
+    Plan,
+    PlanImage,
+    write_plan,
 )
 from .nodes import POST_FAILED
 
@@ -231,24 +234,19 @@ def cache_content_names(cache) -> dict[Path, str]:
 
 
 def _content_name(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
     stem = path.name.split(".", 1)[0]
-    return f"{stem}-{h.hexdigest()[:16]}.qcow2"
+    return f"{stem}-{sha256_file(path)[:16]}.qcow2"
 
 
 def _put(src: Path, dest: Path) -> Path:
     if dest.exists():
         return dest  # content-addressed: the same name is the same bytes
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        os.link(src, tmp)
-    except OSError:
-        shutil.copyfile(src, tmp)
-        tmp.chmod(0o444)
-    os.replace(tmp, dest)
+    with replacing(dest) as tmp:
+        try:
+            os.link(src, tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+            tmp.chmod(0o444)
     return dest
 
 
@@ -392,12 +390,30 @@ if [ ! -s outcome.json ]; then
     host=$(hostname)
     {{ echo "--- vmharness run-one failed (exit $rc) on $host; its stderr:"
        tail -n 40 run-one.err; }} >>console.log
-    printf '{{"format": 1, "ended": "error", "seconds": 0, "accelerator": "", "host": "%s", '\\
-'"reason": "vmharness run-one failed with exit code %s on %s; see console.log"}}\\n' \\
+    printf '{{"format": {outcome_format}, "ended": "error", "seconds": 0, "accelerator": "", '\\
+'"host": "%s", "reason": "vmharness run-one failed with exit code %s on %s; '\\
+'see console.log"}}\\n' \\
         "$host" "$rc" "$host" >outcome.json
 fi
 exit 0
 """
+
+
+def _plan_image(s: StagedImage, opts: SubmitOptions) -> PlanImage:
+    disk = s.for_job(opts, s.ref.disk)
+    assert disk is not None
+    return PlanImage(
+        disk=s.ref.disk,
+        kernel=s.ref.kernel,
+        initrd=s.ref.initrd,
+        cmdline=s.ref.cmdline,
+        apt_source=s.ref.apt_source,
+        suite=s.ref.suite,
+        label=s.ref.label,
+        job_disk=disk,
+        job_kernel=s.for_job(opts, s.ref.kernel),
+        job_initrd=s.for_job(opts, s.ref.initrd),
+    )
 
 
 def write_dag(
@@ -415,33 +431,24 @@ def write_dag(
         )
     cdir = run_dir / CONDOR_DIR
     (cdir / "logs").mkdir(parents=True, exist_ok=True)
-    plan = {
-        "format": 1,
-        "style": opts.style,
-        "delivery": opts.delivery,
-        "boot": opts.boot if opts.style == "qemu" else "disk",  # VM universe: no kernel argument
-        "held_max_s": opts.held_max_s,
-        "queue_max_s": opts.queue_max_s,
-        "images": {
-            platform: {
-                "disk": str(s.ref.disk),
-                "kernel": str(s.ref.kernel) if s.ref.kernel else None,
-                "initrd": str(s.ref.initrd) if s.ref.initrd else None,
-                "cmdline": s.ref.cmdline,
-                "apt_source": s.ref.apt_source,
-                "suite": s.ref.suite,
-                "label": s.ref.label,
-                "job_disk": s.for_job(opts, s.ref.disk),
-                "job_kernel": s.for_job(opts, s.ref.kernel),
-                "job_initrd": s.for_job(opts, s.ref.initrd),
-            }
-            for platform, s in staged.items()
-        },
-    }
-    (cdir / PLAN_FILE).write_text(json.dumps(plan, indent=2) + "\n")
+    plan = Plan(
+        style=opts.style,
+        delivery=opts.delivery,
+        boot=opts.boot if opts.style == "qemu" else "disk",  # VM universe: no kernel argument
+        held_max_s=opts.held_max_s,
+        queue_max_s=opts.queue_max_s,
+        images={platform: _plan_image(s, opts) for platform, s in staged.items()},
+    )
+    write_plan(run_dir, plan)
     if opts.style == "qemu":
         wrapper = cdir / "run-one.sh"
-        wrapper.write_text(RUN_ONE_SH.format(path=SYSTEM_PATH, python=shlex.quote(opts.job_python)))
+        wrapper.write_text(
+            RUN_ONE_SH.format(
+                path=SYSTEM_PATH,
+                python=shlex.quote(opts.job_python),
+                outcome_format=OUTCOME.version,
+            )
+        )
         wrapper.chmod(0o755)
 
     rd = str(run_dir)

@@ -7,30 +7,33 @@ Every file a run produces lives under its log folder (runs/<id>/ in the run fold
     conditions.toml   the conditions given to the guest (a copy of the input disk's file)
     console.log       the serial console, kept whatever happened
     output/           what the guest wrote to its output disk, extracted safely
-    run.json          the verdict (RunResult)
+    run.json          the verdict (a RunResult document, wire/formats.py RESULT)
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from .. import conditions as conditions_mod
 from ..images.cache import BaseImage
 from ..images.disks import make_input_disk, make_output_disk
 from ..images.extract import Extraction, extract
 from ..results import parse_results
 from ..results.classify import classify
 from ..results.model import INFRA, RunResult, TestCounts
-from ..spec import KnownFailure, Run
+from ..spec import MAIN_REPO, KnownFailure, Run
 from ..vm.job import VMJob, VMOutcome
+from ..wire.codec import WireError, read_json, write_document
+from ..wire.conditions import Conditions
+from ..wire.formats import RESULT
+from ..wire.guest import AGENT_LOG, CONDITIONS_FILE, RESULT_FILE, TEST_DIR, TEST_LOG
 
 RESULT_JSON_LIMIT = 1024 * 1024
+RUN_FILE = "run.json"
 
 
 @dataclass(frozen=True)
@@ -97,9 +100,8 @@ def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[V
     work = log_dir / "work"
     work.mkdir(parents=True)
     t0 = time.monotonic()
-    cond = conditions_mod.for_run(run, main_source=image.apt_source, suite=image.suite)
-    text = cond.to_toml()
-    (log_dir / conditions_mod.FILE_NAME).write_text(text)
+    text = conditions_for(run, main_source=image.apt_source, suite=image.suite).to_toml()
+    (log_dir / CONDITIONS_FILE).write_text(text, encoding="utf-8")
     make_input_disk(work / "input.img", text, run.test.suite)
     make_output_disk(work / "output.img", run.vm.output_size_mib)
     use_kernel = ctx.boot in ("snapshot", "kernel") and image.kernel is not None
@@ -121,6 +123,40 @@ def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[V
         snapshot_store=ctx.snapshot_store if warm else None,
     )
     return job, {"disks": time.monotonic() - t0}
+
+
+def conditions_for(run: Run, *, main_source: str, suite: str) -> Conditions:
+    """The conditions of one run. `main_source` is the image's own apt line, `suite` its suite."""
+
+    def lines(names: tuple[str, ...]) -> tuple[str, ...]:
+        repos = dict(run.repositories)
+        out = []
+        for name in names:
+            line = main_source if name == MAIN_REPO else repos.get(name)
+            if line:  # repos the image already has (the OSG's names) need no line
+                out.append(line.replace("{suite}", suite))
+        return tuple(out)
+
+    install = lines(run.source.repos)
+    # Keeping the image's own sources when the spec only names `main` avoids a needless rewrite.
+    if install == (main_source,):
+        install = ()
+    return Conditions(
+        run_id=run.id,
+        platform=run.platform.name,
+        source=run.source.label,
+        package_set=run.package_set.label,
+        network=run.vm.network != "none",
+        debug=run.vm.debug,
+        install_repos=install,
+        upgrade_repos=lines(run.source.upgrade_to),
+        packages=run.package_set.packages,
+        test_command=run.test.command,
+        test_timeout_s=run.test.timeout_s,
+        test_env=run.test.env,
+        results_file=run.test.results,
+        has_suite=run.test.suite is not None,
+    )
 
 
 def collect(
@@ -161,8 +197,13 @@ def collect(
     job.input_disk.unlink(missing_ok=True)
     if extraction.error is None:
         job.output_disk.unlink(missing_ok=True)
-    (log_dir / "run.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    write_run_json(log_dir, result)
     return result
+
+
+def write_run_json(log_dir: Path, result: RunResult) -> None:
+    """The attempt's verdict beside its logs, for whoever reads the run folder by hand."""
+    write_document(log_dir / RUN_FILE, RESULT, result)
 
 
 def settle(result: RunResult, *, infra_before: int, retries: int, removed: bool = False) -> bool:
@@ -206,11 +247,13 @@ def decide(
 
     if outcome.ended == "error":
         return verdict("died", outcome.reason or "the VM failed to start")
-    agent = _read_result_json(out_dir / "result.json")
+    agent, invalid = _read_result_json(out_dir / RESULT_FILE)
     if outcome.ended == "timeout":
         return verdict("timeout", outcome.reason + _partial(extraction))
     if not extraction.files and extraction.error:
         return verdict("died", extraction.error)
+    if invalid:
+        return verdict("died", invalid)
     if agent is None:
         return verdict("died", _why_no_result(out_dir, console_log))
     versions = {
@@ -236,7 +279,7 @@ def decide(
     code = agent.get("test_exit_code")
     code = code if isinstance(code, int) else None
     parsed = parse_results(
-        out_dir / "test", run.test.format, run.test.results, log_file=out_dir / "test.log"
+        out_dir / TEST_DIR, run.test.format, run.test.results, log_file=out_dir / TEST_LOG
     )
     counts = parsed.counts if parsed else TestCounts()
     problems = list(parsed.problems) if parsed else []
@@ -264,14 +307,20 @@ def decide(
     )
 
 
-def _read_result_json(path: Path) -> dict | None:
+def _read_result_json(path: Path) -> tuple[dict | None, str]:
+    """What the agent wrote, or None and why it cannot be used ("" when there is none)."""
+    what = f"{RESULT_FILE} from the guest"
+    if not path.is_file():
+        return None, ""
     try:
-        if not path.is_file() or path.stat().st_size > RESULT_JSON_LIMIT:
-            return None
-        data = json.loads(path.read_text(errors="replace"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+        data = read_json(path, limit=RESULT_JSON_LIMIT, what=what)
+    except OSError as exc:
+        return None, f"{what} cannot be read: {exc.strerror or exc}"
+    except WireError as exc:  # not JSON, NaN, a number out of range, too deep, too large
+        return None, str(exc)
+    if not isinstance(data, dict):
+        return None, f"{what} is not valid: not a JSON object"
+    return data, ""
 
 
 def _why_no_result(out_dir: Path, console_log: Path) -> str:
@@ -286,7 +335,7 @@ def _why_no_result(out_dir: Path, console_log: Path) -> str:
     if "Kernel panic" in console:
         line = next((ln for ln in console.splitlines() if "Kernel panic" in ln), "")
         return f"guest kernel panic: {line.split('] ', 1)[-1].strip()[:200]} (see console.log)"
-    if (out_dir / "agent.log").exists():
+    if (out_dir / AGENT_LOG).exists():
         return (
             "the agent stopped without writing result.json (it crashed or was killed); "
             "see output/agent.log and console.log"

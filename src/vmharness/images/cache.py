@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
+from ..wire.codec import decode, read_json, write_json_atomic
+from ..wire.files import sha256_file
 from . import build as builder
 from .certs import HostCredentials, issue_host_cert, user_credentials
 from .recipe import Recipe
@@ -122,26 +124,9 @@ class ImageCache:
 
     def _read(self, folder: Path) -> BaseImage | None:
         try:
-            meta = json.loads((folder / "image.json").read_text())
-            return BaseImage(
-                folder=folder,
-                **{
-                    k: meta[k]
-                    for k in (
-                        "recipe",
-                        "key",
-                        "built_at",
-                        "sha256",
-                        "size_bytes",
-                        "hostname",
-                        "kernel_version",
-                        "cmdline",
-                        "apt_source",
-                        "suite",
-                    )
-                },
-            )
-        except (OSError, ValueError, KeyError, TypeError):
+            meta = read_json(folder / "image.json", limit=1 << 20)
+            return decode(BaseImage, {**meta, "folder": str(folder)})
+        except (OSError, ValueError, TypeError):  # WireError is a ValueError
             return None  # not a complete image (or not ours): ignored, pruned later
 
     # -- building ---------------------------------------------------------------------------
@@ -198,7 +183,7 @@ class ImageCache:
         try:
             files = builder.build(recipe, creds, workdir, builder.agent_files(), progress)
             progress("hashing the disk for its content-addressed name")
-            digest = _sha256(files.disk)
+            digest = sha256_file(files.disk)
             built_at = time.time()
             meta = {
                 "recipe": recipe.name,
@@ -219,7 +204,7 @@ class ImageCache:
             for leftover in workdir.iterdir():
                 if leftover not in final_files and leftover.name != "mmdebstrap.log":
                     remove_read_only(leftover)
-            (workdir / "image.json").write_text(json.dumps(meta, indent=2) + "\n")
+            write_json_atomic(workdir / "image.json", meta)
             for path in workdir.iterdir():
                 path.chmod(0o444)  # read-only: runs use overlays, never the image itself
             workdir.chmod(0o755)
@@ -276,14 +261,6 @@ def _is_locked(lock_path: Path) -> bool:
             return True
         fcntl.flock(f, fcntl.LOCK_UN)
         return False
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def remove_read_only(path: Path) -> None:

@@ -16,9 +16,8 @@ from pathlib import Path
 
 from ..errors import InfraError
 from ..spec.models import MIN_OUTPUT_SIZE_MIB
+from ..wire.guest import CONDITIONS_FILE, INPUT_LABEL, OUTPUT_LABEL, SUITE_DIR
 
-INPUT_LABEL = "VMHINPUT"
-OUTPUT_LABEL = "VMHOUTPUT"
 MIN_OUTPUT_MIB = MIN_OUTPUT_SIZE_MIB  # the spec refuses less when it is read (spec/models.py)
 FAT32_FROM_MIB = 256  # smaller disks are FAT16: FAT32 wants at least 65525 clusters
 
@@ -27,11 +26,11 @@ def make_input_disk(path: Path, conditions_toml: str, suite: Path | None = None)
     with tempfile.TemporaryDirectory(prefix="vmh-input-", dir=path.parent) as tmp:
         stage = Path(tmp) / "root"
         stage.mkdir()
-        (stage / "conditions.toml").write_text(conditions_toml)
+        (stage / CONDITIONS_FILE).write_text(conditions_toml, encoding="utf-8")
         if suite is not None:
             if not suite.is_dir():
                 raise InfraError(f"test suite folder {suite} does not exist")
-            shutil.copytree(suite, stage / "suite", symlinks=True)
+            shutil.copytree(suite, stage / SUITE_DIR, symlinks=True)
         used = sum(p.stat().st_size for p in stage.rglob("*") if p.is_file() and not p.is_symlink())
         size_kib = max(4096, int(used * 1.25 / 1024) + 2048)
         _run(

@@ -12,9 +12,8 @@ rendered with autoescaping (and the page's script only ever uses textContent).
 
 from __future__ import annotations
 
-import os
+import math
 import re
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -148,7 +147,13 @@ def one_line(text: object, limit: int) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
+def finite(seconds: float | None) -> float | None:
+    """A number a report can show: None for NaN and infinities (and for None)."""
+    return seconds if seconds is not None and math.isfinite(seconds) else None
+
+
 def fmt_duration(seconds: float | None) -> str:
+    seconds = finite(seconds)
     if seconds is None:
         return ""
     s = int(round(seconds))
@@ -186,22 +191,6 @@ def log_href(run_dir: Path, run: Run, result: RunResult | None) -> str:
         return "./"
     # Percent-quoting makes every character of a relative path safe in an href (no scheme).
     return quote(rel_posix, safe="/") + "/"
-
-
-def atomic_write(path: Path, data: str | bytes) -> Path:
-    """Write a file so readers see the old or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 REPORT_FILES = {"html": "report.html", "junit": "junit.xml", "json": "results.json"}

@@ -27,7 +27,6 @@ from vmharness.report import (
     STATUS_DESCRIPTIONS,
     STATUS_ORDER,
     ReportInput,
-    atomic_write,
     clean,
     colours,
     fmt_duration,
@@ -40,6 +39,7 @@ from vmharness.report import (
 from vmharness.report.compare import Change, Comparison
 from vmharness.results.model import RunResult
 from vmharness.spec import Run
+from vmharness.wire.files import write_atomic
 
 TEMPLATE = "matrix.html.j2"
 MAX_MESSAGE = 1000  # characters of one failure message in the page (the logs have it all)
@@ -356,4 +356,4 @@ def render_html(inp: ReportInput, *, comparison: Comparison | None = None) -> st
 
 
 def write_html(inp: ReportInput, path: Path, *, comparison: Comparison | None = None) -> Path:
-    return atomic_write(Path(path), render_html(inp, comparison=comparison))
+    return write_atomic(Path(path), render_html(inp, comparison=comparison))

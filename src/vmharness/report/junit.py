@@ -20,9 +20,10 @@ import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from vmharness.report import PENDING, ReportInput, atomic_write, clean, one_line, status_of
+from vmharness.report import PENDING, ReportInput, clean, finite, one_line, status_of
 from vmharness.results.model import RunResult
 from vmharness.spec import Run
+from vmharness.wire.files import write_atomic
 
 MAX_TEXT = 20_000  # characters of a failure's text in the XML
 MAX_MESSAGE_ATTR = 300
@@ -57,6 +58,10 @@ _OUTCOME_TAG = {
     "badskip": "skipped",
 }
 _KIND_TAG = {"FAIL": "failure", "ERROR": "error", "TIMEOUT": "error", "SKIP": "skipped"}
+
+
+def _seconds(result: RunResult | None) -> float:
+    return (finite(result.duration_s) if result is not None else None) or 0.0
 
 
 def _testcase(parent: ET.Element, classname: str, name: str, time: float = 0.0) -> ET.Element:
@@ -136,7 +141,7 @@ def _suite(run: Run, result: RunResult | None) -> ET.Element:
     tag = _failure_tag(status)
     has_cases = suite.find("testcase") is not None
     if not has_cases or tag in ("error", "skipped") or (tag == "failure" and not carried):
-        case = _testcase(suite, base, "run", result.duration_s if result is not None else 0.0)
+        case = _testcase(suite, base, "run", _seconds(result))
         if tag == "skipped":
             _outcome(case, "skipped", PENDING, "run not finished")
         elif tag:
@@ -151,7 +156,7 @@ def _suite(run: Run, result: RunResult | None) -> ET.Element:
     suite.set("failures", str(sum(1 for c in cases if c.find("failure") is not None)))
     suite.set("errors", str(sum(1 for c in cases if c.find("error") is not None)))
     suite.set("skipped", str(sum(1 for c in cases if c.find("skipped") is not None)))
-    suite.set("time", f"{result.duration_s if result is not None else 0.0:.3f}")
+    suite.set("time", f"{_seconds(result):.3f}")
     return suite
 
 
@@ -177,4 +182,4 @@ def write_junit(inp: ReportInput, path: Path) -> Path:
     root = junit_tree(inp)
     ET.indent(root, space=" ")
     data = ET.tostring(root, encoding="utf-8", xml_declaration=True)
-    return atomic_write(Path(path), data + b"\n")
+    return write_atomic(Path(path), data + b"\n")

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import InfraError
+from ..wire.codec import read_json, write_json_atomic
 
 QEMU = "qemu-system-x86_64"
 PROBE_TIMEOUT_S = 20
@@ -63,17 +62,14 @@ def choose_accelerator(
         "probe_kernel_mtime": kernel.stat().st_mtime,
     }
     cache = cache_dir / "accelerator.json"
-    with contextlib.suppress(OSError, ValueError, KeyError):
-        saved = json.loads(cache.read_text())
+    with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+        saved = read_json(cache, limit=64 << 10)
         if saved["ident"] == ident and time.time() - saved["at"] < PROBE_TTL_S:
             say(f"accelerator {saved['accel']} ({saved['why']}; probed earlier)")
             return saved["accel"]
     accel, why = _probe_kvm(kernel)
     say(f"accelerator {accel} ({why})")
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_name(f"accelerator.{os.getpid()}.{threading.get_ident()}.tmp")
-    tmp.write_text(json.dumps({"ident": ident, "at": time.time(), "accel": accel, "why": why}))
-    os.replace(tmp, cache)
+    write_json_atomic(cache, {"ident": ident, "at": time.time(), "accel": accel, "why": why})
     return accel
 
 

@@ -31,18 +31,19 @@ from typing import Any
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from ..errors import InfraError
+from ..wire import guest
+from ..wire.guest import SNAPSHOT_FLAG
 from .accel import QEMU, qemu_version
 from .job import VMJob, VMOutcome
 from .snapshots import Snapshot, SnapshotStore
 
-# The agent of a VM booted with this on its kernel command line says READY_MARKER when it is
-# ready to be saved (see the guest agent).
-SNAPSHOT_FLAG = "vmharness.snapshot"
-READY_MARKER = b"vmharness-agent: ready for a snapshot"
+# The agent of a VM booted with SNAPSHOT_FLAG on its kernel command line says READY_MARKER when
+# it is ready to be saved (see the guest agent).
+READY_MARKER = guest.READY_MARKER.encode()
 # ...and, restored, this once it has found the run's disks: a guest that cannot see hot-plugged
 # disks (a kernel without PCIe hot-plug, in an image of the user's) would otherwise wait until
 # the wall-clock timeout and every run of it would be a `timeout`.
-DISKS_FOUND_MARKER = b"vmharness-agent: found the run's disks"
+DISKS_FOUND_MARKER = guest.DISKS_FOUND_MARKER.encode()
 DISKS_FOUND_TIMEOUT_S = 60
 SNAPSHOT_BOOT_TIMEOUT_S = 300  # boot to READY_MARKER; ~11 s under TCG on a quiet machine
 MIGRATION_TIMEOUT_S = 120  # saving or restoring the state; about a second here

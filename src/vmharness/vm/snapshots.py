@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..images.cache import remove_read_only
+from ..wire.codec import read_json, write_json_atomic
 
 SNAPSHOT_FORMAT = 1  # bump when what a snapshot holds, or how it is restored, changes
 FAILURE_TTL_S = 3600  # after a failed attempt, cold boots for this long instead of retrying
@@ -54,7 +55,7 @@ class Snapshot:
         return self.folder / "console.log"
 
     def meta(self) -> dict:
-        return json.loads((self.folder / "snapshot.json").read_text())
+        return read_json(self.folder / "snapshot.json", limit=1 << 20)
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.folder.iterdir() if p.is_file())
@@ -132,9 +133,7 @@ class SnapshotStore:
         return work
 
     def publish(self, key: str, work: Path, meta: dict) -> Snapshot:
-        (work / "snapshot.json").write_text(
-            json.dumps({**meta, "made_at": time.time()}, indent=2) + "\n"
-        )
+        write_json_atomic(work / "snapshot.json", {**meta, "made_at": time.time()})
         for path in work.iterdir():
             path.chmod(0o444)
         final = self.root / key

@@ -1,0 +1,64 @@
+"""The conditions file: the one human-readable text file on a run's input disk.
+
+TOML (`version = 1`, documented in the README), written here with tomli-w and read inside the
+guest by the agent with Python's tomllib (Debian 12 and 13 have Python 3.11 and newer). Every
+field the agent needs is here and nothing host-specific leaks in (no host paths).
+engine.attempt.conditions_for makes the conditions of a run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import tomli_w
+
+from .guest import CONDITIONS_VERSION
+
+HEADER = "# vmharness run conditions: read by the guest agent (see README, 'Conditions file')\n"
+
+
+@dataclass(frozen=True)
+class Conditions:
+    run_id: str
+    platform: str
+    source: str
+    package_set: str
+    network: bool
+    debug: bool = False
+    install_repos: tuple[str, ...] = ()  # apt source lines for installing; () keeps the image's
+    upgrade_repos: tuple[str, ...] = ()  # apt source lines to upgrade to; () means no upgrade
+    packages: tuple[str, ...] = ()
+    test_command: str | None = None
+    test_timeout_s: int = 1200
+    test_env: tuple[tuple[str, str], ...] = ()
+    results_file: str | None = None
+    has_suite: bool = False
+
+    def to_toml(self) -> str:
+        env = dict(self.test_env)
+        env.setdefault("VMHARNESS_PACKAGES", " ".join(self.packages))
+        test: dict[str, Any] = {}
+        if self.test_command is not None:
+            test["command"] = self.test_command
+        test["timeout"] = int(self.test_timeout_s)
+        test["suite"] = self.has_suite
+        if self.results_file:
+            test["results"] = self.results_file
+        test["env"] = dict(sorted(env.items()))
+        doc = {
+            "version": CONDITIONS_VERSION,
+            "run_id": self.run_id,
+            "platform": self.platform,
+            "source": self.source,
+            "package_set": self.package_set,
+            "network": self.network,
+            "debug": self.debug,
+            "repositories": {
+                "install": list(self.install_repos),
+                "upgrade": list(self.upgrade_repos),
+            },
+            "packages": {"install": list(self.packages)},
+            "test": test,
+        }
+        return HEADER + tomli_w.dumps(doc)

@@ -1,0 +1,156 @@
+"""A pool run's DAG nodes without a pool: the prep node writes plan-driven disks and job.json,
+the "execute point" leaves an output disk, outcome.json and an event log, the POST script reads
+them all back through the wire layer and records the verdict."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+htcondor = pytest.importorskip("htcondor2", reason="the htcondor PyPI bindings are not installed")
+
+from vmharness.condor import job as jobfile  # noqa: E402
+from vmharness.condor import nodes  # noqa: E402
+from vmharness.condor import submit as condor  # noqa: E402
+from vmharness.engine.attempt import RUN_FILE, ImageRef  # noqa: E402
+from vmharness.results.model import RunResult  # noqa: E402
+from vmharness.rundir import RunFolder  # noqa: E402
+from vmharness.spec import expand, load_spec  # noqa: E402
+from vmharness.vm.job import VMOutcome  # noqa: E402
+from vmharness.wire.codec import read_document  # noqa: E402
+from vmharness.wire.formats import RESULT  # noqa: E402
+
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("mcopy") and shutil.which("mkfs.fat") and shutil.which("mke2fs")),
+    reason="needs mtools, dosfstools and e2fsprogs (make setup)",
+)
+
+SPEC = """\
+platforms: [el9]
+platform_map:
+  el9: {{image: {image}}}
+sources:
+  - label: image packages
+    repos: [main]
+package_sets:
+  - label: a
+    packages: []
+test:
+  command: "true"
+  format: exit-code
+vm:
+  memory: 512M
+  output_size: 8M
+"""
+EVENTS = """\
+000 (042.000.000) 2026-12-02 04:00:00 Job submitted from host: <127.0.0.1:9620>
+    DAG Node: vm-{run_id}
+...
+001 (042.000.000) 2026-12-02 04:00:05 Job executing on host: <127.0.0.1:9620?alias=ep1.example>
+...
+005 (042.000.000) 2026-12-02 04:00:20 Job terminated.
+\t(1) Normal termination (return value 0)
+\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Remote Usage
+\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Run Local Usage
+\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Total Remote Usage
+\t\tUsr 0 00:00:00, Sys 0 00:00:00  -  Total Local Usage
+\t0  -  Run Bytes Sent By Job
+\t0  -  Run Bytes Received By Job
+\t0  -  Total Bytes Sent By Job
+\t0  -  Total Bytes Received By Job
+...
+"""
+SOUND = json.dumps(
+    {"version": 1, "test_exit_code": 0, "phases": [{"name": "test", "duration_s": 1}]}
+)
+
+
+@pytest.fixture
+def submitted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A run folder as `vmharness submit --style qemu` leaves it, before DAGMan starts."""
+    monkeypatch.setenv("PATH", os.environ["PATH"])  # the nodes add the system's sbin folders
+    image = tmp_path / "img.qcow2"
+    image.write_bytes(b"QFI\xfb" + b"\0" * 4096)
+    spec_file = tmp_path / "spec.yaml"
+    spec_file.write_text(SPEC.format(image=image))
+    spec = load_spec(spec_file)
+    runs = expand(spec)
+    run_dir = tmp_path / "run"
+    folder = RunFolder.create(spec, runs, run_dir, backend="condor")
+    folder.db.close()
+    opts = condor.SubmitOptions(style="qemu", node_python="/py", job_python="/jpy", owner=None)
+    staged = condor.stage_images({"el9": ImageRef.given(image)}, run_dir / "images")
+    condor.write_dag(run_dir, runs, staged, opts)
+    return run_dir, runs[0].id, staged["el9"].name
+
+
+def execute_point(run_dir: Path, run_id: str, result_json: str) -> None:
+    """What comes back from the pool: the output disk the guest wrote, run-one's outcome.json,
+    the job's event log."""
+    work = run_dir / "runs" / run_id / "work"
+    staging = work / "guest-files"
+    staging.mkdir()
+    (staging / "result.json").write_text(result_json)
+    (staging / "agent.log").write_text("phase test: done\n")
+    for entry in sorted(staging.iterdir()):
+        subprocess.run(["mcopy", "-i", str(work / "output.img"), str(entry), "::/"], check=True)
+    shutil.rmtree(staging)
+    outcome = VMOutcome(ended="poweroff", seconds=4.0, accelerator="tcg", host="sandbox")
+    jobfile.write_outcome(work / jobfile.OUTCOME_FILE, outcome)
+    (run_dir / "runs" / run_id / jobfile.JOB_LOG).write_text(EVENTS.format(run_id=run_id))
+
+
+def verdict(run_dir: Path, run_id: str) -> RunResult:
+    folder = RunFolder.open(run_dir)
+    try:
+        return folder.db.results()[run_id]
+    finally:
+        folder.db.close()
+
+
+def test_prep_and_post_pass_the_runs_files_through_the_wire(submitted) -> None:
+    run_dir, run_id, disk_name = submitted
+    plan = jobfile.read_plan(run_dir)
+    assert plan.style == "qemu" and plan.images["el9"].job_disk == disk_name
+    assert nodes.node_prep(run_dir, run_id) == 0
+    work = run_dir / "runs" / run_id / "work"
+    desc = jobfile.read_job(work / jobfile.JOB_FILE)
+    assert (desc.run_id, desc.attempt, desc.base_disk, desc.kernel) == (run_id, 1, disk_name, None)
+    assert nodes.node_pre(run_dir, f"vm-{run_id}") == 0  # first try: the prep node's disks stay
+    assert jobfile.read_job(work / jobfile.JOB_FILE) == desc
+
+    execute_point(run_dir, run_id, SOUND)
+    assert nodes.node_post(run_dir, f"vm-{run_id}", 0, 2, "42.0") == nodes.POST_OK
+    got = verdict(run_dir, run_id)
+    assert got.status == "pass", got.reason
+    assert (got.host, got.accelerator, got.versions["condor_job"]) == ("ep1.example", "tcg", "42.0")
+    assert got.phases["guest:test"] == 1.0 and "disks" in got.phases
+    stored = read_document(run_dir / "runs" / run_id / RUN_FILE, RESULT, RunResult)
+    assert stored == got
+
+
+def test_post_gives_a_hostile_result_json_its_verdict_and_asks_for_a_retry(submitted) -> None:
+    run_dir, run_id, _ = submitted
+    assert nodes.node_prep(run_dir, run_id) == 0
+    execute_point(run_dir, run_id, '{"version": 1, "test_exit_code": 1e999}')
+    assert nodes.node_post(run_dir, f"vm-{run_id}", 0, 2, "42.0") == nodes.POST_RETRY
+    got = verdict(run_dir, run_id)
+    assert got.status == "died"
+    assert got.reason.startswith("result.json from the guest is not valid: the number 1e999")
+
+
+def test_post_without_a_readable_job_json_says_why(submitted) -> None:
+    run_dir, run_id, _ = submitted
+    assert nodes.node_prep(run_dir, run_id) == 0
+    work = run_dir / "runs" / run_id / "work"
+    (work / jobfile.JOB_FILE).write_text('{"format": 9}')
+    execute_point(run_dir, run_id, SOUND)
+    assert nodes.node_post(run_dir, f"vm-{run_id}", 2, 2, "42.0") == nodes.POST_FAILED
+    got = verdict(run_dir, run_id)
+    assert got.status == "died"
+    assert "job description is missing" in got.reason and "not a job.json document" in got.reason
