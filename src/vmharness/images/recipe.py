@@ -109,7 +109,7 @@ def _read(doc: YamlDoc, *, name: str, base: Path | None) -> Recipe:
         doc.close()
 
 
-_FIELDS = {
+_FIELDS: dict[str, type | tuple[type, ...]] = {
     "distribution": str,
     "suite": str,
     "mirror": str,
