@@ -25,12 +25,13 @@ MAX_NAME = 512
 
 
 def parse_guarded(
-    fmt: str, what: str, parse: Callable[[str], ParsedLog], text: str | bytes
+    fmt: str, what: str, parse: Callable[[str | bytes], ParsedLog], text: str | bytes
 ) -> ParsedLog:
-    """Run a text parser on guest data so that it never raises: bytes are decoded leniently, and
-    a parser bug ends in an incomplete ParsedLog that says so instead of a crash on the host."""
-    if isinstance(text, bytes | bytearray):
-        text = bytes(text).decode("utf-8", errors="replace")
+    """Run a text parser on guest data so that it never raises: a parser bug ends in an
+    incomplete ParsedLog that says so instead of a crash on the host. Bytes are passed on as they
+    are (iter_lines decodes them a piece at a time, leniently)."""
+    if isinstance(text, bytearray | memoryview):
+        text = bytes(text)
     try:
         return parse(text)
     except Exception as exc:  # last resort: a guest's file must never crash the host side
