@@ -231,6 +231,18 @@ def test_junit_cases_past_the_caps_are_counted():
     assert reason.endswith(f" and {n - 5} more")
 
 
+def test_junit_files_merged_stay_within_the_caps(tmp_path):
+    for i in range(3):
+        (tmp_path / f"report-{i}.xml").write_bytes(_junit(4_000, 10))
+    parsed = parse_results(tmp_path, "auto", None)
+    assert parsed is not None and parsed.format == "junit"
+    assert parsed.counts.fail == 12_000
+    assert len(parsed.tests) == CAP_TESTS and parsed.tests_more == 12_000 - CAP_TESTS
+    assert len(parsed.problems) == CAP_PROBLEMS
+    assert parsed.problems_more == {"FAIL": 12_000 - CAP_PROBLEMS}
+    assert status_of(parsed)[1].endswith(" and 11995 more")
+
+
 @pytest.mark.timeout(300)
 def test_junit_huge_failure_body_is_capped_while_read(tmp_path):
     body = "y" * (16 * 1024 * 1024)

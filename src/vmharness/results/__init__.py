@@ -13,8 +13,11 @@ with the note as its reason).
 from __future__ import annotations
 
 import codecs
+import dataclasses
+import itertools
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from vmharness.results.classify import classify, detect_format, is_active, matches
@@ -116,7 +119,7 @@ def parse_results(
     paths = [p for f, p in found if f == fmt]
     if fmt == "junit":
         paths = paths[:MAX_JUNIT_FILES]
-        return _merge([parse_file(p, "junit", max_bytes=max_bytes) for p in paths])
+        return _merge(parse_file(p, "junit", max_bytes=max_bytes) for p in paths)
     chosen = paths[0]
     parsed = parse_file(chosen, fmt, max_bytes=max_bytes)
     if len(paths) > 1:
@@ -273,17 +276,27 @@ def _walk(top: Path) -> list[Path]:
     return sorted(out)
 
 
-def _merge(parts: list[ParsedLog]) -> ParsedLog:
-    """One ParsedLog of several JUnit files, within the same caps as one file's."""
-    if len(parts) == 1:
-        return parts[0]
+def _merge(parts: Iterable[ParsedLog]) -> ParsedLog:
+    """One ParsedLog of several JUnit files, within the same caps (and message budget) as one
+    file's. Each file is folded in as soon as it is read, so only one is held at a time."""
+    it = iter(parts)
+    first = next(it)
+    second = next(it, None)
+    if second is None:
+        return first
     merged = ParsedLog(format="junit")
     kept = Kept()
-    for p in parts:
+    for p in itertools.chain((first, second), it):
         for test in p.tests:
-            kept.test(test)
+            if kept.room_for_test():
+                kept.test(dataclasses.replace(test, message=kept.message(test.message)))
+            else:
+                kept.tests_more += 1
         for problem in p.problems:
-            kept.problem(problem)
+            if kept.room_for_problem():
+                kept.problem(dataclasses.replace(problem, message=kept.message(problem.message)))
+            else:
+                kept.more(problem.kind)
         kept.tests_more += p.tests_more
         for kind, n in p.problems_more.items():
             kept.more(kind, n)
