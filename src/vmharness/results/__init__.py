@@ -12,8 +12,12 @@ with the note as its reason).
 
 from __future__ import annotations
 
+import codecs
+import dataclasses
+import itertools
 import os
 import stat
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from vmharness.results.classify import classify, detect_format, is_active, matches
@@ -31,6 +35,7 @@ from vmharness.results.model import (
 )
 from vmharness.results.osgtest import parse_osg_test
 from vmharness.results.tap import parse_tap
+from vmharness.results.text import Kept
 
 __all__ = [
     "INFRA",
@@ -114,7 +119,7 @@ def parse_results(
     paths = [p for f, p in found if f == fmt]
     if fmt == "junit":
         paths = paths[:MAX_JUNIT_FILES]
-        return _merge([parse_file(p, "junit", max_bytes=max_bytes) for p in paths])
+        return _merge(parse_file(p, "junit", max_bytes=max_bytes) for p in paths)
     chosen = paths[0]
     parsed = parse_file(chosen, fmt, max_bytes=max_bytes)
     if len(paths) > 1:
@@ -137,9 +142,8 @@ def parse_file(path: Path, format: str, *, max_bytes: int = MAX_RESULT_BYTES) ->
             parsed = parse_junit(data)
         except ResultFormatError as exc:
             return _broken("junit", f"{path.name}: {exc}")
-    else:
-        text = data.decode("utf-8", errors="replace")
-        parsed = parse_tap(text) if format == "tap" else parse_osg_test(text)
+    else:  # bytes as they are: the parsers decode them a piece at a time
+        parsed = parse_tap(data) if format == "tap" else parse_osg_test(data)
     parsed.note = _join(parsed.note, cut)
     return parsed
 
@@ -179,6 +183,18 @@ def read_capped(path: Path, max_bytes: int = MAX_RESULT_BYTES) -> tuple[bytes, b
     return data, False
 
 
+def head_text(head: bytes) -> str:
+    """The head of a file as text, to guess its format: UTF-16 when it starts with a UTF-16 byte
+    order mark (or '<?' in UTF-16, as an XML file without one), else UTF-8, leniently."""
+    if head[:2] in (codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE):
+        return head.decode("utf-16", errors="replace")
+    if head[:4] == b"<\x00?\x00":
+        return head.decode("utf-16-le", errors="replace")
+    if head[:4] == b"\x00<\x00?":
+        return head.decode("utf-16-be", errors="replace")
+    return head.decode("utf-8", errors="replace")
+
+
 def _parse_named(test_dir: Path, format: str, results_file: str, max_bytes: int) -> ParsedLog:
     rel = PurePosixPath(results_file)
     fallback = format if format != "auto" else "exit-code"
@@ -197,7 +213,7 @@ def _parse_named(test_dir: Path, format: str, results_file: str, max_bytes: int)
             head, _ = read_capped(path, HEAD_BYTES)
         except ResultFormatError as exc:
             return _broken(fallback, str(exc))
-        format = detect_format(path.name, head.decode("utf-8", errors="replace"))
+        format = detect_format(path.name, head_text(head))
         if format not in _PARSED_FORMATS:
             return _broken("exit-code", f"{path.name}: not JUnit XML, TAP or an osg-test log")
     return parse_file(path, format, max_bytes=max_bytes)
@@ -215,7 +231,7 @@ def _classified(paths: list[Path], format: str) -> list[tuple[str, Path]]:
             head, _ = read_capped(path, HEAD_BYTES)
         except ResultFormatError:
             continue
-        fmt = detect_format(path.name, head.decode("utf-8", errors="replace"))
+        fmt = detect_format(path.name, head_text(head))
         if fmt not in _PARSED_FORMATS and format != "auto" and _conventional(path.name, format):
             fmt = format  # e.g. an osg-test log cut before its first test line
         if fmt in _PARSED_FORMATS and (format == "auto" or fmt == format):
@@ -260,13 +276,30 @@ def _walk(top: Path) -> list[Path]:
     return sorted(out)
 
 
-def _merge(parts: list[ParsedLog]) -> ParsedLog:
-    if len(parts) == 1:
-        return parts[0]
+def _merge(parts: Iterable[ParsedLog]) -> ParsedLog:
+    """One ParsedLog of several JUnit files, within the same caps (and message budget) as one
+    file's. Each file is folded in as soon as it is read, so only one is held at a time."""
+    it = iter(parts)
+    first = next(it)
+    second = next(it, None)
+    if second is None:
+        return first
     merged = ParsedLog(format="junit")
-    for p in parts:
-        merged.tests.extend(p.tests)
-        merged.problems.extend(p.problems)
+    kept = Kept()
+    for p in itertools.chain((first, second), it):
+        for test in p.tests:
+            if kept.room_for_test():
+                kept.test(dataclasses.replace(test, message=kept.message(test.message)))
+            else:
+                kept.tests_more += 1
+        for problem in p.problems:
+            if kept.room_for_problem():
+                kept.problem(dataclasses.replace(problem, message=kept.message(problem.message)))
+            else:
+                kept.more(problem.kind)
+        kept.tests_more += p.tests_more
+        for kind, n in p.problems_more.items():
+            kept.more(kind, n)
         merged.counts.ok += p.counts.ok
         merged.counts.fail += p.counts.fail
         merged.counts.error += p.counts.error
@@ -274,7 +307,7 @@ def _merge(parts: list[ParsedLog]) -> ParsedLog:
         merged.complete = merged.complete and p.complete
         if not p.complete or (p.note and p.note != "no <testcase> in the JUnit XML"):
             merged.note = _join(merged.note, p.note)
-    return merged
+    return kept.into(merged)
 
 
 def _broken(format: str, note: str) -> ParsedLog:

@@ -16,6 +16,10 @@ The OSG's order (opensciencegrid/vm-test-runs, bin/analyze_job_output.py), for o
 Bad skips never decide steps 3-6 (the OSG looks at them only for pass/fail): in install.log the
 bad skip test_04_update_osg_release does not make the run ``update``.
 
+Parsers keep at most MAX_PROBLEMS problems and count the rest (ParsedLog.problems_more): those
+count as failures (or bad skips) in the reason ("... and N more"), and as failures none of whose
+names is known, so a run with some cannot be ``ignore`` or ``cleanup``.
+
 JUnit and TAP: failures -> ``fail`` (or ``ignore`` when they are all known failures: known
 failures are a spec feature, not an OSG one), none -> ``pass``; a TAP stream without its plan or
 that bailed out -> ``fail``; JUnit without a single testcase -> ``fail``. For every format a
@@ -61,19 +65,20 @@ def classify(
 
     failures = [p for p in parsed.problems if p.kind != "SKIP"]
     bad_skips = [p for p in parsed.problems if p.kind == "SKIP"]
+    more = (parsed.failures_more(), parsed.problems_more.get("SKIP", 0))
     osg = parsed.format == "osg-test"
 
     if not parsed.complete:
         why = _first_note(parsed.note) or "results incomplete"
-        detail = _problem_text(failures, bad_skips)
+        detail = _problem_text(failures, bad_skips, more)
         return "fail", f"{why}; {detail}" if detail else why
     if osg and parsed.counts.ok == 0:
-        detail = _problem_text(failures, bad_skips)
+        detail = _problem_text(failures, bad_skips, more)
         return "fail", f"no test passed; {detail}" if detail else "no test passed"
-    if parsed.format == "junit" and not parsed.tests:
+    if parsed.format == "junit" and not parsed.tests and not parsed.tests_more:
         return "fail", "no test cases in the JUnit results"
 
-    status, reason = _by_problems(failures, bad_skips, known_failures, today, osg)
+    status, reason = _by_problems(failures, bad_skips, more, known_failures, today, osg)
     if status == "pass":
         if exit_code not in (None, 0):
             return "fail", f"test command exited {exit_code} although no test failed"
@@ -84,6 +89,7 @@ def classify(
 def _by_problems(
     failures: list[Problem],
     bad_skips: list[Problem],
+    more: tuple[int, int],
     known_failures: list[KnownFailure],
     today: datetime.date,
     osg: bool,
@@ -93,14 +99,15 @@ def _by_problems(
     cleanup = [p for p in failures if osg and p.module == CLEANUP_MODULE]
     known_ids = {id(p) for p in known}
     cleanup_ids = {id(p) for p in cleanup}
+    unseen = more[0]  # failures counted but not kept: nothing is known of them
 
-    if known and all(id(p) in known_ids or id(p) in cleanup_ids for p in failures):
+    if known and not unseen and all(id(p) in known_ids or id(p) in cleanup_ids for p in failures):
         reason = f"{_count(len(known), 'known failure')} ignored: {_names(known)}"
         rest = [p for p in cleanup if id(p) not in known_ids]
         if rest:
             reason += f"; {_count(len(rest), 'cleanup failure')}: {_names(rest)}"
         return "ignore", reason
-    if osg and failures and len(cleanup) == len(failures):
+    if osg and failures and not unseen and len(cleanup) == len(failures):
         return "cleanup", f"{_count(len(cleanup), 'cleanup failure')}: {_names(cleanup)}"
     if osg:
         update = [p for p in failures if UPDATE_MARK in p.test]
@@ -109,9 +116,9 @@ def _by_problems(
         install = [p for p in failures if INSTALL_MARK in p.test]
         if install:
             return "install", f"package installation failed: {_names(install)}"
-    if not failures and not bad_skips:
+    if not failures and not bad_skips and not any(more):
         return "pass", ""
-    return "fail", _problem_text(failures, bad_skips)
+    return "fail", _problem_text(failures, bad_skips, more)
 
 
 def is_active(kf: KnownFailure, today: datetime.date) -> bool:
@@ -153,12 +160,15 @@ def _first_note(note: str) -> str:
     return note.split("; ")[0].strip() if note else ""
 
 
-def _problem_text(failures: list[Problem], bad_skips: list[Problem]) -> str:
+def _problem_text(
+    failures: list[Problem], bad_skips: list[Problem], more: tuple[int, int] = (0, 0)
+) -> str:
     parts = []
-    if failures:
-        parts.append(f"{len(failures)} failed: {_names(failures)}")
-    if bad_skips:
-        parts.append(f"{_count(len(bad_skips), 'bad skip')}: {_names(bad_skips)}")
+    if failures or more[0]:
+        parts.append(f"{len(failures) + more[0]} failed: {_names(failures, more=more[0])}")
+    if bad_skips or more[1]:
+        n = len(bad_skips) + more[1]
+        parts.append(f"{_count(n, 'bad skip')}: {_names(bad_skips, more=more[1])}")
     return "; ".join(parts)
 
 
@@ -176,11 +186,14 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def _names(problems: Iterable[Problem], limit: int = NAMES_SHOWN) -> str:
+def _names(problems: Iterable[Problem], limit: int = NAMES_SHOWN, more: int = 0) -> str:
+    """The first `limit` distinct test names, then "and N more": the other names, and `more`
+    problems that were counted but not kept."""
     names = list(dict.fromkeys(p.test for p in problems))
     shown = ", ".join(names[:limit])
-    if len(names) > limit:
-        shown += f" and {len(names) - limit} more"
+    rest = max(0, len(names) - limit) + more
+    if rest:
+        shown += f" and {rest} more" if shown else f"{rest} not listed"
     return shown
 
 

@@ -59,6 +59,14 @@ class ParsedLog:
     complete: bool = True  # the log has its closing summary
     note: str = ""
     timeout_test: str = ""  # with alarm: the test that was running, "test (module)", if known
+    # Parsers keep at most results.text.MAX_TESTS tests and MAX_PROBLEMS problems of a run:
+    # how many more were read (they are in `counts`), and the problems not kept, by kind.
+    tests_more: int = 0
+    problems_more: dict[str, int] = field(default_factory=dict)
+
+    def failures_more(self) -> int:
+        """Failures, errors and timeouts read but not kept in `problems`."""
+        return sum(n for kind, n in self.problems_more.items() if kind != "SKIP")
 
 
 @dataclass
