@@ -315,9 +315,9 @@ class _Claims:
             for i, rec in enumerate(recs):
                 queues.setdefault(rec.outcome, deque()).append((i, rec))
             self._queues[desc] = queues
-        for q in queues.values():
-            while q and q[0][1].claimed:
-                q.popleft()
+        for queue in queues.values():
+            while queue and queue[0][1].claimed:
+                queue.popleft()
         q = queues.get(want)
         if not q:
             heads = [q for q in queues.values() if q]
@@ -711,9 +711,9 @@ class _Parser:
             desc = f"{clip(m.group('name'))} ({clip(m.group('path'))})"
             self._add_entry(desc, m.group("reason") or "")
             return
-        desc = self._trie_match(line) if self.doc_trie else None
-        if desc is not None:
-            self._add_entry(desc, line[len(desc) :])
+        matched = self._trie_match(line) if self.doc_trie else None
+        if matched is not None:
+            self._add_entry(matched, line[len(matched) :])
             return
         if self.entry is not None:  # a reason that spans lines
             if self.entry.more is None:

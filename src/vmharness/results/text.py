@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from vmharness.results.model import ParsedLog, Problem, TestCase
 
@@ -69,30 +70,32 @@ def iter_lines(text: str | bytes, chunk: int = 1 << 20) -> Iterator[str]:
     a chunk at a time, bad bytes replaced (chunks end at a newline, which no multi-byte
     character contains).
     """
-    nl: str | bytes = "\n" if isinstance(text, str) else b"\n"
+    # One code path for both kinds: the operations used are those str and bytes share.
+    data: Any = text
+    nl: Any = "\n" if isinstance(data, str) else b"\n"
     pos = 0
-    n = len(text)
+    n = len(data)
     while pos < n:
         stop = pos + chunk
         if stop >= n:
-            block = text[pos:n]
+            block = data[pos:n]
             if block.endswith(nl):
                 block = block[:-1]
             pos = n
         else:
-            end = text.rfind(nl, pos, stop)
+            end = data.rfind(nl, pos, stop)
             if end < 0:  # one line longer than a chunk: its head, then skip to its end
-                end = text.find(nl, stop)
+                end = data.find(nl, stop)
                 if end < 0:
                     end = n
-                cut = text[pos : min(end, pos + MAX_LINE + 1)]
+                cut = data[pos : min(end, pos + MAX_LINE + 1)]
                 if isinstance(cut, bytes):
                     yield _clean(cut.decode("utf-8", errors="replace"))
                 else:
                     yield _clean(cut)
                 pos = end + 1
                 continue
-            block = text[pos:end]
+            block = data[pos:end]
             pos = end + 1
         if isinstance(block, bytes):
             block = block.decode("utf-8", errors="replace")
