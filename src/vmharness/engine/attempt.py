@@ -283,12 +283,14 @@ def decide(
     )
     counts = parsed.counts if parsed else TestCounts()
     problems = list(parsed.problems) if parsed else []
+    problems_more = sum(parsed.problems_more.values()) if parsed else 0
     if agent.get("test_timed_out"):
         return verdict(
             "timeout",
             f"test still running after its timeout of {run.test.timeout_s}s; killed by the agent",
             counts=counts,
             problems=problems,
+            problems_more=problems_more,
             versions=versions,
             phases=phases,
             exit_code=code,
@@ -301,6 +303,7 @@ def decide(
         reason,
         counts=counts,
         problems=problems,
+        problems_more=problems_more,
         versions=versions,
         phases=phases,
         exit_code=code,

@@ -115,7 +115,7 @@ def _tooltip(run: Run, result: RunResult | None, status: str) -> str:
         lines.append(" · ".join(x for x in extra if x))
         if result.problems:
             lines.append(
-                f"{len(result.problems)} problem(s), e.g. "
+                f"{len(result.problems) + result.problems_more} problem(s), e.g. "
                 + one_line(f"{result.problems[0].module}.{result.problems[0].test}", 120)
             )
     return "\n".join(lines)
@@ -175,7 +175,7 @@ def _run_data(run: Run, result: RunResult | None, href: str) -> dict:
                 ]
             )
         d["pr"] = listed
-        d["prn"] = len(result.problems)
+        d["prn"] = len(result.problems) + result.problems_more
     return d
 
 

@@ -49,6 +49,7 @@ class ResultsRun:
     log_dir: str = ""
     # Additions.
     problems: list[Problem] = field(default_factory=list)
+    problems_more: int = 0  # counted by the parser beyond what it kept
     accelerator: str = ""
     boot: str = ""
     host: str = ""
@@ -104,6 +105,7 @@ def _results_run(run: Run, result: RunResult | None) -> ResultsRun:
             )
             for p in result.problems
         ],
+        problems_more=result.problems_more,
         accelerator=clean(result.accelerator),
         boot=clean(result.boot),
         host=clean(result.host),
@@ -168,6 +170,7 @@ def read_json(path: Path) -> ReportInput:
                 duration_s=r.duration_s or 0.0,
                 counts=r.tests,
                 problems=r.problems,
+                problems_more=r.problems_more,
                 accelerator=r.accelerator,
                 boot=r.boot,
                 host=r.host,

@@ -79,6 +79,7 @@ class RunResult:
     duration_s: float = 0.0
     counts: TestCounts = field(default_factory=TestCounts)
     problems: list[Problem] = field(default_factory=list)
+    problems_more: int = 0  # problems the parser counted but did not keep (its caps)
     accelerator: str = ""
     boot: str = ""  # how the VM started: restored from a snapshot, or which way it booted
     host: str = ""
