@@ -14,6 +14,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .errors import (
@@ -32,8 +33,10 @@ from .spec import check_platforms, expand, load_spec, parse_duration
 from .vm.snapshots import SnapshotStore
 
 # Piped into a CI log, lines are not folded at 80 columns in the middle of paths and messages.
-console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())
-err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+# No rich markup in anything printed: spec labels, paths, guest test names and error messages
+# are text, brackets and all (`test_open[/a]`); our own styles are given as `Text` styles.
+console = Console(stderr=False, soft_wrap=not sys.stdout.isatty(), markup=False)
+err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty(), markup=False)
 RUNDIR_HELP = "the run folder `vmharness run` or `submit` printed"
 
 
@@ -224,9 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except VmharnessError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False)
         if exc.hint:
-            err_console.print(f"[bold]what to do:[/] {exc.hint}", highlight=False)
+            err_console.print(
+                Text.assemble(("what to do:", "bold"), " ", exc.hint), highlight=False
+            )
         return exc.exit_code
     except KeyboardInterrupt:
         err_console.print("interrupted; `vmharness resume RUNDIR` finishes a run folder")
@@ -336,7 +341,8 @@ def cmd_matrix(args: argparse.Namespace) -> int:
         check_platforms(spec, set(builtin_names()))
     except SpecError as exc:
         err_console.print(
-            f"[yellow]note:[/] `vmharness run` would stop here: {exc}", highlight=False
+            Text.assemble(("note:", "yellow"), f" `vmharness run` would stop here: {exc}"),
+            highlight=False,
         )
     if args.json:
         payload = to_json_runs(runs)
@@ -367,12 +373,13 @@ def to_json_runs(runs) -> dict:
 def cmd_image_build(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     cache = ImageCache()
-    with console.status(f"{recipe.name}: looking up the cache") as status:
+    # A status line is always read as markup by rich: Text keeps the build's messages as text.
+    with console.status(Text(f"{recipe.name}: looking up the cache")) as status:
         image = cache.get(
             recipe,
             max_age_s=_max_age(args),
             rebuild=args.rebuild,
-            progress=lambda m: status.update(f"{recipe.name}: {m}"),
+            progress=lambda m: status.update(Text(f"{recipe.name}: {m}")),
         )
     console.print(
         f"{image.recipe}: {image.folder} ({image.size_bytes / 1e6:.0f} MB, "
@@ -613,7 +620,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     schedd = condor.connect(opts.pool)
     warning = condor.vm_universe_warning(opts.pool) if opts.style == "vm" else None
     if warning:
-        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(Text.assemble(("warning:", "bold yellow"), " ", warning), highlight=False)
     folder = RunFolder.create(spec, runs, args.out, backend="condor")
     cache = ImageCache()
     images = images_for(runs, cache, console, max_age_s=_max_age(args), rebuild=args.rebuild)
@@ -622,7 +629,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         f"submitted {done.runs} run(s) as DAG cluster {done.cluster} "
         f"(--style {opts.style}) in {sum(done.seconds.values()):.1f}s"
     )
-    console.print(f"run folder: [bold]{done.run_dir}[/]  DAG: {done.dag_file}")
+    console.print(
+        Text.assemble("run folder: ", (str(done.run_dir), "bold"), f"  DAG: {done.dag_file}")
+    )
     console.print(f"follow it:  vmharness status {done.run_dir}")
     about = {"cluster": done.cluster, "dag": str(done.dag_file), "style": opts.style}
 

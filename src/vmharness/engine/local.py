@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ..errors import InfraError, SpecError
 from ..images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from ..images.recipe import builtin_names, load_recipe
+from ..report import one_line
 from ..results.model import INFRA, PASSING, RunResult
 from ..rundir import RunFolder
 from ..spec import Run
@@ -67,7 +69,8 @@ def parallel_slots(runs: list[Run], requested: int | None = None) -> tuple[int, 
 
 @dataclass
 class Progress:
-    """What the live table shows; updated from worker threads."""
+    """What the live table shows; updated from worker threads. Labels are the spec's: shown as
+    text (a `[/]` in one is not rich markup)."""
 
     total: int
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,18 +86,18 @@ class Progress:
             for run_id, (run, start, attempt) in sorted(self.running.items()):
                 state = "running" + (f" (attempt {attempt})" if attempt > 1 else "")
                 t.add_row(
-                    run_id,
-                    run.platform.name,
-                    run.source.label,
-                    run.package_set.label,
-                    f"[yellow]{state}",
-                    f"{now - start:5.0f}s",
+                    Text(run_id),
+                    Text(run.platform.name),
+                    Text(run.source.label),
+                    Text(run.package_set.label),
+                    Text(state, style="yellow"),
+                    Text(f"{now - start:5.0f}s"),
                 )
             counts: dict[str, int] = {}
             for r in self.done.values():
                 counts[r.status] = counts.get(r.status, 0) + 1
             if counts:
-                t.caption = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+                t.caption = Text("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
             return t
 
 
@@ -212,19 +215,24 @@ def images_for(
                 hint=f"map it with --platform-map; built-in recipes: {', '.join(builtin_names())}",
             )
         recipe = load_recipe(plat.recipe)
-        with console.status(f"image for {plat.name}: looking up the cache") as status:
+        # A status line is always read as markup by rich: Text keeps names and messages text.
+        with console.status(Text(f"image for {plat.name}: looking up the cache")) as status:
             t0 = time.monotonic()
 
             def say(msg: str, _s=status, _n=plat.name, _t=t0) -> None:
                 if msg.startswith("WARNING"):  # must stay on screen, not in the status line
-                    console.print(f"[yellow]image for {_n}: {msg}", highlight=False)
-                _s.update(f"image for {_n} [{time.monotonic() - _t:4.0f}s]: {msg}")
+                    console.print(Text(f"image for {_n}: {msg}", style="yellow"), highlight=False)
+                _s.update(Text(f"image for {_n} [{time.monotonic() - _t:4.0f}s]: {msg}"))
 
             image = cache.get(recipe, max_age_s=max_age_s, rebuild=rebuild, progress=say)
         age = image.age_s()
         console.print(
-            f"image [bold]{plat.name}[/]: {image.folder.name} "
-            f"({image.size_bytes / 1e6:.0f} MB, built {age / 3600:.1f} h ago)"
+            Text.assemble(
+                "image ",
+                (plat.name, "bold"),
+                f": {image.folder.name} ({image.size_bytes / 1e6:.0f} MB, "
+                f"built {age / 3600:.1f} h ago)",
+            )
         )
         images[plat.name] = ImageRef.from_cache(image)
     return images
@@ -244,7 +252,7 @@ def run_locally(
     runs = folder.db.runs()
     images = images_for(runs, cache, console, max_age_s=max_age_s, rebuild=rebuild)
     probe_kernel = next((i.kernel for i in images.values() if i.kernel), None)
-    accel = choose_accelerator(probe_kernel, cache.root, say=lambda m: console.print(m))
+    accel = choose_accelerator(probe_kernel, cache.root, say=lambda m: console.print(Text(m)))
     slots, why = parallel_slots(runs, jobs)
     recovered = folder.db.recover_interrupted()
     if recovered:
@@ -252,14 +260,16 @@ def run_locally(
     pending = sum(1 for s, _ in folder.db.states().values() if s == "pending")
     if 0 < pending < slots:
         slots, why = pending, f"{pending} at once (as many as there are runs)"
-    console.print(f"{pending} run(s) to do, {why}; logs in [bold]{folder.path}[/]")
+    console.print(
+        Text.assemble(f"{pending} run(s) to do, {why}; logs in ", (str(folder.path), "bold"))
+    )
     store = cache.root / "snapshots"
     if boot == "snapshot":
         # Those of images the cache no longer has are ~130 MB of nothing.
         with contextlib.suppress(OSError):  # tidying up must never stop the runs
             SnapshotStore(store).prune({image.folder.name for image in cache.list()})
         todo = [run for run in runs if folder.db.states()[run.id][0] == "pending"]
-        console.print(_snapshot_plan(todo, images, accel, SnapshotStore(store)))
+        console.print(Text(_snapshot_plan(todo, images, accel, SnapshotStore(store))))
     ctx = RunContext(
         run_dir=folder.path,
         boot=boot,
@@ -268,12 +278,7 @@ def run_locally(
     )
 
     def line(run: Run, result: RunResult) -> None:
-        colour = "green" if result.status in PASSING else "red"
-        console.print(
-            f"[{colour}]{result.status:8}[/] {run.id} {run.platform.name} / "
-            f"{run.source.label} / {run.package_set.label}  "
-            f"{result.duration_s:6.1f}s  {result.reason[:100]}"
-        )
+        console.print(result_line(run, result))
 
     folder.db.set_meta(accelerator=accel)
     vms = LocalVMs(accel)
@@ -288,6 +293,17 @@ def run_locally(
         console=console,
         on_result=line,
         on_interrupt=vms.stop_all,
+    )
+
+
+def result_line(run: Run, result: RunResult) -> Text:
+    """A finished run's line: its status in colour, then labels and reason as plain text (a
+    reason quotes the guest's test names, brackets and all)."""
+    colour = "green" if result.status in PASSING else "red"
+    return Text.assemble(
+        (f"{result.status:8}", colour),
+        f" {run.id} {run.platform.name} / {run.source.label} / {run.package_set.label}  "
+        f"{result.duration_s:6.1f}s  {one_line(result.reason, 100)}",
     )
 
 
