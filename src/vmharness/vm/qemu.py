@@ -432,28 +432,55 @@ def _make_snapshot(
 def _wait_for_marker(
     proc: subprocess.Popen[bytes], console: Path, marker: bytes, timeout_s: float, offset: int = 0
 ) -> None:
-    """Until the guest's agent writes `marker` on the serial console (after `offset`)."""
+    """Until the guest's agent writes `marker` on the serial console (after `offset`).
+
+    The console is read in bounded chunks; each is searched together with the end of the one
+    before it, so a marker is found however the output falls into reads (a marker followed at
+    once by 100 KiB more output, or one cut between two reads)."""
     deadline = time.monotonic() + timeout_s
-    seen = b""
+    scan = MarkerScan(marker)
     while time.monotonic() < deadline:
         with contextlib.suppress(FileNotFoundError), open(console, "rb") as f:
             f.seek(offset)
-            new = f.read()
-            offset += len(new)
-            seen = (seen + new)[-4096:]
-        if marker in seen:
-            return
+            while chunk := f.read(MARKER_READ_BYTES):
+                offset += len(chunk)
+                if scan.feed(chunk):
+                    return
         if proc.poll() is not None:
             raise _SnapshotFailed(
                 f"the VM ended (qemu exit code {proc.returncode}) before its "
                 f"agent said {marker.decode()!r}; last console lines: "
-                f"{_tail(seen)}"
+                f"{_tail(scan.recent)}"
             )
         time.sleep(0.02)
     raise _SnapshotFailed(
         f"the agent did not say {marker.decode()!r} within {timeout_s:.0f}s; "
-        f"last console lines: {_tail(seen)}"
+        f"last console lines: {_tail(scan.recent)}"
     )
+
+
+MARKER_READ_BYTES = 1 << 20
+
+
+class MarkerScan:
+    """Finds `marker` in a byte stream fed in pieces of any size: each piece is searched with
+    the last len(marker) - 1 bytes before it. Keeps the last few KiB for error messages."""
+
+    RECENT_BYTES = 4096
+
+    def __init__(self, marker: bytes) -> None:
+        self.marker = marker
+        self.found = False
+        self._carry = b""
+        self.recent = b""
+
+    def feed(self, chunk: bytes) -> bool:
+        if not self.found:
+            window = self._carry + chunk
+            self.found = self.marker in window
+            self._carry = window[-(len(self.marker) - 1) :] if len(self.marker) > 1 else b""
+        self.recent = (self.recent + chunk[-self.RECENT_BYTES :])[-self.RECENT_BYTES :]
+        return self.found
 
 
 def _tail(text: bytes) -> str:
