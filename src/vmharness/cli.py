@@ -29,6 +29,9 @@ from .errors import (
 )
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, load_recipe
+from .report import ReportInput
+from .results.model import PASSING
+from .rundir import RunFolder, read_previous
 from .spec import check_platforms, expand, load_spec, parse_duration
 from .vm.snapshots import SnapshotStore
 
@@ -252,10 +255,16 @@ def _max_age(args: argparse.Namespace) -> float:
     return parse_duration(args.max_age, field="--max-age")
 
 
-def _finish(folder, args: argparse.Namespace) -> int:
+def _previous(args: argparse.Namespace) -> ReportInput | None:
+    """--previous, read before anything is run or written (a bad one stops the command)."""
+    previous = getattr(args, "previous", None)
+    return read_previous(previous) if previous is not None else None
+
+
+def _finish(folder, args: argparse.Namespace, previous: ReportInput | None = None) -> int:
     from .engine.local import check_can_run
 
-    paths = folder.write_reports(console, getattr(args, "previous", None))
+    paths = folder.write_reports(console, previous)
     if getattr(args, "json", None):
         args.json.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(paths["json"], args.json)
@@ -265,7 +274,7 @@ def _finish(folder, args: argparse.Namespace) -> int:
     return EXIT_PASS if folder.all_passed() else EXIT_NOT_ALL_PASSED
 
 
-def _run_here(folder, args: argparse.Namespace) -> int:
+def _run_here(folder, args: argparse.Namespace, previous: ReportInput | None) -> int:
     """The pending runs of `folder` on this machine, then its reports."""
     from .engine.local import run_locally
 
@@ -287,28 +296,31 @@ def _run_here(folder, args: argparse.Namespace) -> int:
             highlight=False,
         )
         return EXIT_INTERRUPTED
-    return _finish(folder, args)
+    return _finish(folder, args, previous)
 
 
+# run, resume, rerun and report hold their run folder (RunFolder exclusive=True) from before
+# they read it until they end: a second vmharness on it is refused and told who has it.
 def cmd_run(args: argparse.Namespace) -> int:
-    from .rundir import RunFolder
-
     spec, runs = _load(args, need_images=True)
-    folder = RunFolder.create(spec, runs, args.out, backend="local")
-    return _run_here(folder, args)
+    previous = _previous(args)
+    with RunFolder.create(spec, runs, args.out, backend="local", exclusive=True) as folder:
+        return _run_here(folder, args, previous)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .rundir import RunFolder
-
-    return _run_here(RunFolder.open(args.rundir), args)
+    previous = _previous(args)
+    with RunFolder.open(args.rundir, exclusive=True) as folder:
+        return _run_here(folder, args, previous)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from .results.model import PASSING
-    from .rundir import RunFolder
+    previous = _previous(args)
+    with RunFolder.open(args.rundir, exclusive=True) as folder:
+        return _rerun(folder, args, previous)
 
-    folder = RunFolder.open(args.rundir)
+
+def _rerun(folder: RunFolder, args: argparse.Namespace, previous: ReportInput | None) -> int:
     results = folder.db.results()
     known = set(folder.db.states())
     unknown = [i for i in args.ids if i not in known]
@@ -325,14 +337,13 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     folder.db.reset(sorted(chosen))
     console.print(f"rerunning {len(chosen)} run(s): {', '.join(sorted(chosen)[:20])}")
-    return _run_here(folder, args)
+    return _run_here(folder, args, previous)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .rundir import RunFolder
-
-    folder = RunFolder.open(args.rundir)
-    return _finish(folder, args)
+    previous = _previous(args)
+    with RunFolder.open(args.rundir, exclusive=True) as folder:
+        return _finish(folder, args, previous)
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
