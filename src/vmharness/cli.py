@@ -1,7 +1,8 @@
 """The `vmharness` command: argument parsing and wiring only; the work is in the modules.
 
 Exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
-3 infrastructure error (no run could be done).
+3 infrastructure error (no run could be done), 130 interrupted (Ctrl-C), 143 stopped by
+SIGTERM; after either, the VMs are stopped and `vmharness resume RUNDIR` finishes the runs.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -22,8 +25,10 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_NOT_ALL_PASSED,
     EXIT_PASS,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     SpecError,
+    Terminated,
     UsageError,
     VmharnessError,
 )
@@ -57,7 +62,8 @@ def _at_least(minimum: int):
 
 
 EPILOG = """exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
-3 infrastructure error (no run could be done).
+3 infrastructure error (no run could be done), 130 interrupted (Ctrl-C), 143 stopped by
+SIGTERM (after either, `vmharness resume RUNDIR` finishes the runs).
 environment: VMHARNESS_CACHE (image cache, default ~/.cache/vmharness),
 VMHARNESS_ACCEL (kvm|tcg|auto, default auto: KVM only if a probe VM boots under it)."""
 
@@ -224,9 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM is Ctrl-C: the VMs are stopped cleanly and the runs kept for `resume`. A second
+    SIGTERM while that happens is ignored (a SIGKILL still works: lifetime.py)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def _stopped_code(exc: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except VmharnessError as exc:
@@ -236,9 +255,12 @@ def main(argv: list[str] | None = None) -> int:
                 Text.assemble(("what to do:", "bold"), " ", exc.hint), highlight=False
             )
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         err_console.print("interrupted; `vmharness resume RUNDIR` finishes a run folder")
-        return EXIT_INTERRUPTED
+        return _stopped_code(exc)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, before)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -289,13 +311,14 @@ def _run_here(folder, args: argparse.Namespace, previous: ReportInput | None) ->
             max_age_s=_max_age(args),
             rebuild=args.rebuild,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        why = "stopped (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         err_console.print(
-            f"interrupted; `vmharness resume {folder.path}` finishes it (no run "
-            "is lost or done twice)",
+            f"{why}; its VMs were stopped; `vmharness resume {folder.path}` finishes it (no "
+            "run is lost or done twice)",
             highlight=False,
         )
-        return EXIT_INTERRUPTED
+        return _stopped_code(exc)
     return _finish(folder, args, previous)
 
 

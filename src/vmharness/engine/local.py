@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
@@ -31,7 +32,7 @@ from ..rundir import RunFolder
 from ..spec import Run
 from ..state import PENDING, RunDB
 from ..vm.accel import choose_accelerator
-from ..vm.qemu import LocalVMs, snapshot_shape
+from ..vm.qemu import LocalVMs, check_free_space, snapshot_shape, vm_disk_need
 from ..vm.snapshots import SnapshotStore
 from .attempt import ImageRef, RunContext, VMExecutor, execute, settle
 
@@ -158,6 +159,7 @@ def run_matrix(
         if console.is_terminal
         else None
     )
+    stopped: KeyboardInterrupt | None = None
     with ThreadPoolExecutor(max_workers=slots) as pool:
         pending: dict[Future[RunResult], Run] = {}
         if live:
@@ -177,16 +179,21 @@ def run_matrix(
                         results[run.id] = result
                 if live:
                     live.update(progress.table(), refresh=True)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
+            stopped = exc
             queue.clear()
             for fut in pending:
                 fut.cancel()
             if on_interrupt:  # stop the VMs so the pool's threads can end
                 on_interrupt()
-            raise
         finally:
             if live:
                 live.stop()
+    if stopped is not None:
+        # Every worker has ended (leaving the `with` waited for them): the runs they were doing
+        # go back to pending, their attempts recorded as interrupted, for `vmharness resume`.
+        db.recover_interrupted()
+        raise stopped
     return results
 
 
@@ -263,12 +270,13 @@ def run_locally(
     console.print(
         Text.assemble(f"{pending} run(s) to do, {why}; logs in ", (str(folder.path), "bold"))
     )
+    todo = [run for run in runs if folder.db.states()[run.id][0] == "pending"]
+    check_disk_space(folder.path, todo, slots)
     store = cache.root / "snapshots"
     if boot == "snapshot":
         # Those of images the cache no longer has are ~130 MB of nothing.
         with contextlib.suppress(OSError):  # tidying up must never stop the runs
             SnapshotStore(store).prune({image.folder.name for image in cache.list()})
-        todo = [run for run in runs if folder.db.states()[run.id][0] == "pending"]
         console.print(Text(_snapshot_plan(todo, images, accel, SnapshotStore(store))))
     ctx = RunContext(
         run_dir=folder.path,
@@ -294,6 +302,15 @@ def run_locally(
         on_result=line,
         on_interrupt=vms.stop_all,
     )
+
+
+def check_disk_space(folder: Path, todo: list[Run], slots: int) -> None:
+    """Before any VM starts: room in the run folder for the VMs that run at once (each checks
+    again for itself when it starts: vm/qemu.py)."""
+    needs = sorted((vm_disk_need(run.vm.output_size_mib << 20) for run in todo), reverse=True)
+    if needs:
+        n = min(slots, len(needs))
+        check_free_space(folder, sum(needs[:n]), f"{n} VM(s) at once would")
 
 
 def result_line(run: Run, result: RunResult) -> Text:
