@@ -256,7 +256,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         return exc.exit_code
     except KeyboardInterrupt as exc:
-        err_console.print("interrupted; `vmharness resume RUNDIR` finishes a run folder")
+        why = "stopped (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        err_console.print(f"{why}; `vmharness resume RUNDIR` finishes a run folder")
         return _stopped_code(exc)
     finally:
         if in_main_thread:

@@ -26,12 +26,18 @@ from pathlib import Path
 from rich.console import Console
 
 from . import __version__
-from .errors import SpecError, UsageError
+from .errors import InfraError, SpecError, UsageError
 from .report import ReportInput, compare, render_terminal, write_all
 from .report.jsonout import read_json
 from .results.model import PASSING, RunResult
 from .spec import KnownFailure, Run, Spec
-from .state import DB_NAME, RunDB, known_failures_from_json, known_failures_to_json
+from .state import (
+    DB_NAME,
+    RunDB,
+    known_failures_from_json,
+    known_failures_to_json,
+    require_run_folder,
+)
 
 LOCK_NAME = "vmharness.lock"
 
@@ -50,7 +56,13 @@ class FolderLock:
     @classmethod
     def take(cls, folder: Path) -> FolderLock:
         path = folder / LOCK_NAME
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise InfraError(
+                f"cannot lock the run folder {folder}: {exc}",
+                hint="vmharness writes its reports and logs there: make the folder writable",
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -141,8 +153,7 @@ class RunFolder:
         """An existing run folder, its database checked whole. `exclusive` (run, resume,
         rerun, report): locked for this process until `close`, or refused if another
         vmharness holds it; taken before the database is read."""
-        if not (path / DB_NAME).is_file():  # said before anything is made in the folder
-            RunDB.open_existing(path)
+        require_run_folder(path)  # said before anything is made in the folder
         lock = FolderLock.take(path) if exclusive else None
         try:
             return cls(path=path, db=RunDB.open_existing(path), lock=lock)

@@ -60,8 +60,9 @@ class DamagedRunDB(UsageError):
     def __init__(self, path: Path, problem: str) -> None:
         super().__init__(
             f"the run database {path} {problem}",
-            hint=f"nothing in {path.parent} was changed. If a copy of {DB_NAME} exists (a "
-            "backup), put it back; otherwise run the spec again into a new folder "
+            hint=f"vmharness stopped without writing anything more into {path.parent}. If a "
+            f"copy of {DB_NAME} exists (a backup), put it back; otherwise run the spec again "
+            "into a new folder "
             "(`vmharness run SPEC --out NEW_RUNDIR`); the old logs under "
             f"{path.parent / 'runs'} stay readable",
         )
@@ -90,12 +91,7 @@ class RunDB:
         """The database of a run folder made by `vmharness run` or `submit`, checked whole
         (SQLite's own check, the tables, and every row read once) before anything uses it:
         a damaged one is refused with DamagedRunDB instead of being taken for an empty run."""
-        path = run_dir / DB_NAME
-        if not path.is_file():
-            raise UsageError(
-                f"{run_dir} is not a vmharness run folder (no {DB_NAME})",
-                hint="give the folder that `vmharness run` or `submit` printed",
-            )
+        path = require_run_folder(run_dir)
         if path.stat().st_size == 0 and not path.with_name(f"{DB_NAME}-wal").is_file():
             raise DamagedRunDB(path, "is empty (0 bytes): it holds no runs")
         _check_database(path)
@@ -275,6 +271,17 @@ class RunDB:
             f"SELECT {', '.join(cols)} FROM attempts WHERE run_id = ? ORDER BY attempt", (run_id,)
         )
         return [dict(zip(cols, row, strict=True)) for row in rows]
+
+
+def require_run_folder(run_dir: Path) -> Path:
+    """The path of `run_dir`'s database; UsageError if it has none (not a run folder)."""
+    path = run_dir / DB_NAME
+    if not path.is_file():
+        raise UsageError(
+            f"{run_dir} is not a vmharness run folder (no {DB_NAME})",
+            hint="give the folder that `vmharness run` or `submit` printed",
+        )
+    return path
 
 
 def _check_database(path: Path) -> None:
