@@ -250,3 +250,102 @@ def test_image_list_on_an_empty_cache(tmp_path: Path, monkeypatch, capsys) -> No
     monkeypatch.setenv("VMHARNESS_CACHE", str(tmp_path / "cache"))
     assert main(["image", "list"]) == 0
     assert "no cached images" in capsys.readouterr().out
+
+
+# -- text from specs and guests is printed as text, never as rich markup -----------------------
+BRACKET_SPEC = """\
+platforms: [debian-12]
+sources:
+  - label: "src [/]"
+    repos: [main]
+package_sets:
+  - label: "[bold]set[/bold]"
+    packages: []
+test:
+  command: "true"
+"""
+
+
+def test_matrix_prints_labels_with_brackets(tmp_path: Path) -> None:
+    spec = tmp_path / "brackets [red].yaml"
+    spec.write_text(BRACKET_SPEC)
+    proc = run_cli("matrix", spec, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "src [/]" in proc.stdout and "[bold]set[/bold]" in proc.stdout
+
+
+def test_error_hints_keep_their_brackets(tmp_path: Path) -> None:
+    """The OSG source syntax in the hint is `[account:branch;] series; ...`."""
+    spec = tmp_path / "osg.yaml"
+    spec.write_text(
+        "platforms: [rocky_8.x86_64]\nsources:\n  - '24 osg [/]'\n"
+        "package_sets:\n  - label: a\n    packages: [x]\n"
+    )
+    proc = run_cli("matrix", spec, timeout=60)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "'24 osg [/]'" in proc.stderr
+    assert "[account:branch;] series; repo, repo [> [series/]repo, repo]" in proc.stderr
+
+
+def test_a_test_name_with_brackets_does_not_stop_the_run(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A guest's JUnit test `test_open[/a]` reaches the result line, the reports and the
+    terminal summary as text; the run ends normally (exit 1) with every report written."""
+    from vmharness.engine import local as engine
+    from vmharness.engine.attempt import ImageRef
+    from vmharness.results.model import Problem, RunResult, TestCounts
+
+    def fake_execute(run, image, ctx, vm, attempt=1):
+        return RunResult(
+            run_id=run.id,
+            status="fail",
+            attempt=attempt,
+            reason="1 of 2 tests failed: test_open[/a]",
+            counts=TestCounts(ok=1, fail=1),
+            problems=[Problem("suite", "test_open[/a]", "[red]C", "FAIL", "-", "x[/b]")],
+            log_dir=f"runs/{run.id}",
+        )
+
+    image = ImageRef.given(tmp_path / "disk.qcow2")
+    monkeypatch.setenv("VMHARNESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(engine, "images_for", lambda runs, *a, **k: {"debian-12": image})
+    monkeypatch.setattr(engine, "choose_accelerator", lambda *a, **k: "tcg")
+    monkeypatch.setattr(engine, "execute", fake_execute)
+    spec = tmp_path / "spec [red].yaml"
+    spec.write_text(BRACKET_SPEC)
+    out = tmp_path / "run [bold]"
+    code = main(["run", str(spec), "--out", str(out), "--boot", "kernel"])
+    stdout = capsys.readouterr().out
+    assert code == 1
+    assert "test_open[/a]" in stdout and "src [/]" in stdout and "[bold]set[/bold]" in stdout
+    assert str(out) in stdout
+    for name in ("report.html", "junit.xml", "results.json"):
+        assert (out / name).is_file(), name
+    assert "test_open[/a]" in (out / "results.json").read_text()
+
+
+def test_the_live_progress_table_shows_labels_as_text() -> None:
+    import io
+    import time
+
+    from rich.console import Console
+
+    from vmharness.engine.local import Progress
+    from vmharness.spec import PackageSet, Platform, Run, Source, TestSettings, VMSettings
+
+    run = Run(
+        id="0001",
+        platform=Platform("plat [/]"),
+        source=Source("src [bold]"),
+        package_set=PackageSet("[/a]"),
+        test=TestSettings(),
+        vm=VMSettings(),
+    )
+    progress = Progress(total=1)
+    progress.running["0001"] = (run, time.monotonic(), 2)
+    buf = io.StringIO()
+    Console(file=buf, width=200, color_system=None).print(progress.table())
+    out = buf.getvalue()
+    assert "plat [/]" in out and "src [bold]" in out and "[/a]" in out
+    assert "running (attempt 2)" in out

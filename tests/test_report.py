@@ -599,3 +599,29 @@ def test_empty_and_odd_inputs(tmp_path):
     buf = io.StringIO()
     render_terminal(inp, Console(file=buf, width=160, color_system=None))
     assert "weird" in buf.getvalue()
+
+
+def test_terminal_prints_brackets_from_guests_and_specs_as_text(tmp_path):
+    """Square brackets are rich markup only in our own strings: a spec title or label, a test
+    name or a reason is printed as it is, whatever console it goes to."""
+    run = make_run("0001", "plat [/]", "src [bold]x[/bold]", "[/a] set")
+    result = make_result(
+        run, "fail", reason="1 test failed: test_open[/a]", message="assert x[/] == 1"
+    )
+    prev_run = make_run("0001", "plat [/]", "src [bold]x[/bold]", "[/a] set")
+    prev = ReportInput("last [/] night", tmp_path, "[red]", "local", [(prev_run, None)])
+    inp = ReportInput("spec [/].yaml [red]", tmp_path, "", "local", [(run, result)])
+    buf = io.StringIO()
+    render_terminal(
+        inp, Console(file=buf, width=250, color_system=None), comparison=compare(inp, prev)
+    )
+    out = buf.getvalue()
+    for text in (
+        "spec [/].yaml [red]",
+        "plat [/]",
+        "src [bold]x[/bold]",
+        "[/a] set",
+        "test_open[/a]",
+        "last [/] night",
+    ):
+        assert text in out, text

@@ -137,9 +137,7 @@ def job(tmp_path: Path, **kw) -> VMJob:
 
 def test_warm_command_has_no_run_disks_and_two_free_ports(tmp_path: Path) -> None:
     j = job(tmp_path)
-    warm = local._warm_command(
-        j, "tcg", tmp_path / "o.qcow2", tmp_path / "q.sock", tmp_path / "c.log"
-    )
+    warm = local._warm_command(j, "tcg", tmp_path / "o.qcow2", tmp_path / "q.sock")
     text = " ".join(warm)
     assert "in.img" not in text and "out.img" not in text
     assert text.count("pcie-root-port") == 2
@@ -202,7 +200,7 @@ def test_a_qmp_error_while_saving_is_a_failed_snapshot(tmp_path: Path, monkeypat
 
     monkeypatch.setattr(local, "_create_overlay", lambda base, overlay: overlay.write_bytes(b""))
     monkeypatch.setattr(
-        local.VMProcesses, "start", lambda self, cmd, work, sock: subprocess.Popen(["true"])
+        local.VMProcesses, "start", lambda self, cmd, work, sock, **kw: subprocess.Popen(["true"])
     )
     monkeypatch.setattr(local, "_wait_for_marker", lambda proc, console, *args, **kw: None)
     monkeypatch.setattr(local, "_connect", lambda sock, proc, error=None: RefusingQMP())
@@ -218,7 +216,10 @@ def test_no_vm_starts_once_stopping_has_begun(tmp_path: Path, monkeypatch) -> No
     procs.stop_all()
     with pytest.raises(local.VMInterrupted):
         procs.start(
-            ["qemu-system-x86_64", "-name", "vmharness-0001"], tmp_path, tmp_path / "q.sock"
+            ["qemu-system-x86_64", "-name", "vmharness-0001"],
+            tmp_path,
+            tmp_path / "q.sock",
+            console=tmp_path / "console.log",
         )
     assert not procs._running
 

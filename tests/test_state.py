@@ -232,11 +232,18 @@ def test_many_threads_start_and_finish(db: RunDB, runs) -> None:
     assert all(a == 5 for _, a in db.states().values())
 
 
-def test_open_existing_needs_a_database(tmp_path: Path) -> None:
+def test_open_existing_needs_a_database(tmp_path: Path, runs) -> None:
     with pytest.raises(UsageError, match="not a vmharness run folder"):
         RunDB.open_existing(tmp_path)
     RunDB(tmp_path).close()
     assert (tmp_path / DB_NAME).is_file()
+    # A database with the tables but nothing in them is what a stopped `run` leaves: refused.
+    with pytest.raises(UsageError, match="no record of how it was made"):
+        RunDB.open_existing(tmp_path)
+    db = RunDB(tmp_path)
+    db.set_meta(backend="local")
+    db.add_runs(runs)
+    db.close()
     RunDB.open_existing(tmp_path).close()
 
 

@@ -1,14 +1,17 @@
 """The `vmharness` command: argument parsing and wiring only; the work is in the modules.
 
 Exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
-3 infrastructure error (no run could be done).
+3 infrastructure error (no run could be done), 130 interrupted (Ctrl-C), 143 stopped by
+SIGTERM; after either, the VMs are stopped and `vmharness resume RUNDIR` finishes the runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from rich.console import Console
@@ -21,13 +24,18 @@ from .errors import (
     EXIT_INTERRUPTED,
     EXIT_NOT_ALL_PASSED,
     EXIT_PASS,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     SpecError,
+    Terminated,
     UsageError,
     VmharnessError,
 )
 from .images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from .images.recipe import builtin_names, check_recipes, load_recipe
+from .report import ReportInput
+from .results.model import PASSING
+from .rundir import RunFolder, read_previous
 from .spec import (
     check_host,
     check_platforms,
@@ -41,8 +49,10 @@ from .wire.codec import encode, read_json, write_json_atomic
 from .wire.files import write_atomic
 
 # Piped into a CI log, lines are not folded at 80 columns in the middle of paths and messages.
-console = Console(stderr=False, soft_wrap=not sys.stdout.isatty())
-err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty())
+# No rich markup in anything printed: spec labels, paths, guest test names and error messages
+# are text, brackets and all (`test_open[/a]`); our own styles are given as `Text` styles.
+console = Console(stderr=False, soft_wrap=not sys.stdout.isatty(), markup=False)
+err_console = Console(stderr=True, soft_wrap=not sys.stderr.isatty(), markup=False)
 RUNDIR_HELP = "the run folder `vmharness run` or `submit` printed"
 
 
@@ -60,7 +70,8 @@ def _at_least(minimum: int):
 
 
 EPILOG = """exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
-3 infrastructure error (no run could be done).
+3 infrastructure error (no run could be done), 130 interrupted (Ctrl-C), 143 stopped by
+SIGTERM (after either, `vmharness resume RUNDIR` finishes the runs).
 environment: VMHARNESS_CACHE (image cache, default ~/.cache/vmharness),
 VMHARNESS_ACCEL (kvm|tcg|auto, default auto: KVM only if a probe VM boots under it)."""
 
@@ -231,21 +242,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum: int, frame: object) -> None:
+    """SIGTERM is Ctrl-C: the VMs are stopped cleanly and the runs kept for `resume`. A second
+    SIGTERM while that happens is ignored (a SIGKILL still works: lifetime.py)."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
+
+
+def _stopped_code(exc: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
-    except VmharnessError as exc:  # its text quotes users' files: printed as written
-        err_console.print(Text.assemble(("error:", "bold red"), f" {exc}"), highlight=False)
+    except VmharnessError as exc:
+        err_console.print(Text.assemble(("error:", "bold red"), " ", str(exc)), highlight=False)
         if exc.hint:
             err_console.print(
-                Text.assemble(("what to do:", "bold"), f" {exc.hint}"), highlight=False
+                Text.assemble(("what to do:", "bold"), " ", exc.hint), highlight=False
             )
         return exc.exit_code
-    except KeyboardInterrupt:
-        err_console.print("interrupted; `vmharness resume RUNDIR` finishes a run folder")
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        why = "stopped (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        err_console.print(f"{why}; `vmharness resume RUNDIR` finishes a run folder")
+        return _stopped_code(exc)
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, before)
 
 
 # -- commands ---------------------------------------------------------------------------------
@@ -265,10 +293,16 @@ def _max_age(args: argparse.Namespace) -> float:
     return parse_duration(args.max_age, field="--max-age")
 
 
-def _finish(folder, args: argparse.Namespace) -> int:
+def _previous(args: argparse.Namespace) -> ReportInput | None:
+    """--previous, read before anything is run or written (a bad one stops the command)."""
+    previous = getattr(args, "previous", None)
+    return read_previous(previous) if previous is not None else None
+
+
+def _finish(folder, args: argparse.Namespace, previous: ReportInput | None = None) -> int:
     from .engine.local import check_can_run
 
-    paths = folder.write_reports(console, getattr(args, "previous", None))
+    paths = folder.write_reports(console, previous)
     if getattr(args, "json", None):
         write_atomic(args.json, paths["json"].read_bytes())
     console.print(f"reports: {paths['html']}  {paths['junit']}  {paths['json']}")
@@ -277,7 +311,7 @@ def _finish(folder, args: argparse.Namespace) -> int:
     return EXIT_PASS if folder.all_passed() else EXIT_NOT_ALL_PASSED
 
 
-def _run_here(folder, args: argparse.Namespace) -> int:
+def _run_here(folder, args: argparse.Namespace, previous: ReportInput | None) -> int:
     """The pending runs of `folder` on this machine, then its reports."""
     from .engine.local import run_locally
 
@@ -292,35 +326,39 @@ def _run_here(folder, args: argparse.Namespace) -> int:
             max_age_s=_max_age(args),
             rebuild=args.rebuild,
         )
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        why = "stopped (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         err_console.print(
-            f"interrupted; `vmharness resume {folder.path}` finishes it (no run "
-            "is lost or done twice)",
+            f"{why}; its VMs were stopped; `vmharness resume {folder.path}` finishes it (no "
+            "run is lost or done twice)",
             highlight=False,
         )
-        return EXIT_INTERRUPTED
-    return _finish(folder, args)
+        return _stopped_code(exc)
+    return _finish(folder, args, previous)
 
 
+# run, resume, rerun and report hold their run folder (RunFolder exclusive=True) from before
+# they read it until they end: a second vmharness on it is refused and told who has it.
 def cmd_run(args: argparse.Namespace) -> int:
-    from .rundir import RunFolder
-
     spec, runs = _load(args, need_images=True, here=True)
-    folder = RunFolder.create(spec, runs, args.out, backend="local")
-    return _run_here(folder, args)
+    previous = _previous(args)
+    with RunFolder.create(spec, runs, args.out, backend="local", exclusive=True) as folder:
+        return _run_here(folder, args, previous)
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from .rundir import RunFolder
-
-    return _run_here(RunFolder.open(args.rundir), args)
+    previous = _previous(args)
+    with RunFolder.open(args.rundir, exclusive=True) as folder:
+        return _run_here(folder, args, previous)
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    from .results.model import PASSING
-    from .rundir import RunFolder
+    previous = _previous(args)
+    with RunFolder.open(args.rundir, exclusive=True) as folder:
+        return _rerun(folder, args, previous)
 
-    folder = RunFolder.open(args.rundir)
+
+def _rerun(folder: RunFolder, args: argparse.Namespace, previous: ReportInput | None) -> int:
     results = folder.db.results()
     known = set(folder.db.states())
     unknown = [i for i in args.ids if i not in known]
@@ -337,14 +375,13 @@ def cmd_rerun(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     folder.db.reset(sorted(chosen))
     console.print(f"rerunning {len(chosen)} run(s): {', '.join(sorted(chosen)[:20])}")
-    return _run_here(folder, args)
+    return _run_here(folder, args, previous)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .rundir import RunFolder
-
-    folder = RunFolder.open(args.rundir)
-    return _finish(folder, args)
+    previous = _previous(args)
+    with RunFolder.open(args.rundir, exclusive=True) as folder:
+        return _finish(folder, args, previous)
 
 
 def cmd_matrix(args: argparse.Namespace) -> int:
@@ -352,8 +389,10 @@ def cmd_matrix(args: argparse.Namespace) -> int:
     try:  # listing needs no images; running does: say now what `run` would refuse
         check_platforms(spec, set(builtin_names()))
     except SpecError as exc:
-        note = f" `vmharness run` would stop here: {exc}"
-        err_console.print(Text.assemble(("note:", "yellow"), note), highlight=False)
+        err_console.print(
+            Text.assemble(("note:", "yellow"), f" `vmharness run` would stop here: {exc}"),
+            highlight=False,
+        )
     if args.json:
         payload = to_json_runs(runs)
         print(json.dumps(payload, indent=2))
@@ -391,12 +430,13 @@ def to_json_runs(runs) -> dict:
 def cmd_image_build(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe)
     cache = ImageCache()
-    with console.status(f"{recipe.name}: looking up the cache") as status:
+    # A status line is always read as markup by rich: Text keeps the build's messages as text.
+    with console.status(Text(f"{recipe.name}: looking up the cache")) as status:
         image = cache.get(
             recipe,
             max_age_s=_max_age(args),
             rebuild=args.rebuild,
-            progress=lambda m: status.update(f"{recipe.name}: {m}"),
+            progress=lambda m: status.update(Text(f"{recipe.name}: {m}")),
         )
     console.print(
         f"{image.recipe}: {image.folder} ({image.size_bytes / 1e6:.0f} MB, "
@@ -637,7 +677,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     schedd = condor.connect(opts.pool)
     warning = condor.vm_universe_warning(opts.pool) if opts.style == "vm" else None
     if warning:
-        err_console.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
+        err_console.print(Text.assemble(("warning:", "bold yellow"), " ", warning), highlight=False)
     folder = RunFolder.create(spec, runs, args.out, backend="condor")
     cache = ImageCache()
     images = images_for(runs, cache, console, max_age_s=_max_age(args), rebuild=args.rebuild)
@@ -646,7 +686,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         f"submitted {done.runs} run(s) as DAG cluster {done.cluster} "
         f"(--style {opts.style}) in {sum(done.seconds.values()):.1f}s"
     )
-    console.print(f"run folder: [bold]{done.run_dir}[/]  DAG: {done.dag_file}")
+    console.print(
+        Text.assemble("run folder: ", (str(done.run_dir), "bold"), f"  DAG: {done.dag_file}")
+    )
     console.print(f"follow it:  vmharness status {done.run_dir}")
     about = {"cluster": done.cluster, "dag": str(done.dag_file), "style": opts.style}
 

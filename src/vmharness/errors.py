@@ -9,6 +9,12 @@ EXIT_NOT_ALL_PASSED = 1
 EXIT_USAGE = 2
 EXIT_INFRA = 3
 EXIT_INTERRUPTED = 130  # Ctrl-C: the shell's 128 + SIGINT; `vmharness resume` finishes the job
+EXIT_TERMINATED = 143  # SIGTERM (a cancelled CI job, `timeout`): 128 + 15; handled as Ctrl-C
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread by the CLI's handler: every path that handles Ctrl-C
+    (VMs stopped, runs kept for `vmharness resume`) handles it too."""
 
 
 class VmharnessError(Exception):

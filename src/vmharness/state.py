@@ -7,15 +7,17 @@ vmharness died is run again, and its interrupted attempt is recorded.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from .errors import UsageError
+from .errors import InfraError, UsageError, VmharnessError
 from .results.model import RunResult
 from .spec import KnownFailure, Run
 from .wire.codec import WireError, decode, dumps, encode, from_text, loads, to_text
@@ -23,7 +25,10 @@ from .wire.formats import RESULT, RUN
 
 DB_NAME = "state.sqlite"
 SCHEMA_VERSION = 1
-PENDING, RUNNING = "pending", "running"
+PENDING, RUNNING, DONE = "pending", "running", "done"
+STATES = (PENDING, RUNNING, DONE)
+TABLES = ("meta", "runs", "attempts")
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,27 +55,78 @@ CREATE TABLE IF NOT EXISTS attempts (
 """
 
 
+class DamagedRunDB(UsageError):
+    """A run database that cannot be trusted: empty, not SQLite, cut short, or with a row
+    vmharness cannot read. Exit 2, before anything in the folder is written."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            f"the run database {path} {problem}",
+            hint=f"vmharness stopped without writing anything more into {path.parent}. If a "
+            f"copy of {DB_NAME} exists (a backup), put it back; otherwise run the spec again "
+            "into a new folder "
+            "(`vmharness run SPEC --out NEW_RUNDIR`); the old logs under "
+            f"{path.parent / 'runs'} stay readable",
+        )
+
+
 class RunDB:
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, *, create: bool = True) -> None:
         self.path = run_dir / DB_NAME
         self.conn = sqlite3.connect(
             self.path, timeout=60, isolation_level=None, check_same_thread=False
         )
-        self.conn.execute("PRAGMA journal_mode=WAL")
-        self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.executescript(_SCHEMA)
         # One connection shared by the scheduler's threads: one statement or transaction at
         # a time (other processes are kept in order by SQLite's own locking).
         self._lock = threading.RLock()
+        try:
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            if create:
+                self.conn.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            self.conn.close()
+            raise self._error(exc) from exc
 
     @classmethod
     def open_existing(cls, run_dir: Path) -> RunDB:
-        if not (run_dir / DB_NAME).is_file():
-            raise UsageError(
-                f"{run_dir} is not a vmharness run folder (no {DB_NAME})",
-                hint="give the folder that `vmharness run` or `submit` printed",
+        """The database of a run folder made by `vmharness run` or `submit`, checked whole
+        (SQLite's own check, the tables, and every row read once) before anything uses it:
+        a damaged one is refused with DamagedRunDB instead of being taken for an empty run."""
+        path = require_run_folder(run_dir)
+        if path.stat().st_size == 0 and not path.with_name(f"{DB_NAME}-wal").is_file():
+            raise DamagedRunDB(path, "is empty (0 bytes): it holds no runs")
+        _check_database(path)
+        db = cls(run_dir, create=False)
+        try:
+            db.check_rows()
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def check_rows(self) -> None:
+        """Every row read as vmharness reads it; DamagedRunDB names the first bad one."""
+        meta = self.meta()
+        if "backend" not in meta:
+            raise DamagedRunDB(self.path, "has no record of how it was made (meta: backend)")
+        runs = self.runs()
+        if not runs:
+            raise DamagedRunDB(
+                self.path, "holds no runs (was vmharness stopped while making the folder?)"
             )
-        return cls(run_dir)
+        results = self.results()
+        ids = {run.id for run in runs}
+        for run_id, (state, _attempts) in self.states().items():
+            if state not in STATES:
+                raise DamagedRunDB(self.path, f"has run {run_id} in an unknown state {state!r}")
+            if state == DONE and run_id not in results:
+                raise DamagedRunDB(self.path, f"has run {run_id} done but without its verdict")
+            if run_id not in ids:
+                raise DamagedRunDB(self.path, f"has run {run_id} without its description")
+
+    def _error(self, exc: sqlite3.Error) -> VmharnessError:
+        return _db_error(self.path, exc)
 
     def close(self) -> None:
         self.conn.close()
@@ -78,17 +134,34 @@ class RunDB:
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
-            self.conn.execute("BEGIN IMMEDIATE")
             try:
-                yield self.conn
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
-            self.conn.execute("COMMIT")
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self.conn
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
+            except sqlite3.DatabaseError as exc:
+                raise self._error(exc) from exc
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:
-            return self.conn.execute(sql, params).fetchall()
+            try:
+                return self.conn.execute(sql, params).fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise self._error(exc) from exc
+
+    def _decode(self, run_id: str, column: str, text: str, read: Callable[[str], T]) -> T:
+        """A stored JSON column back to what it was; a row that does not read is named."""
+        try:
+            return read(text)
+        except (WireError, ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise DamagedRunDB(
+                self.path,
+                f"has a row it cannot read: {column} of {run_id} "
+                f"({type(exc).__name__}: {str(exc)[:200]})",
+            ) from exc
 
     # -- meta -------------------------------------------------------------------------------
     def set_meta(self, **values: Any) -> None:
@@ -99,8 +172,10 @@ class RunDB:
                 )
 
     def meta(self) -> dict[str, Any]:
-        rows = self._query("SELECT key, value FROM meta")
-        return {k: loads(v, what=f"{self.path}: meta {k}") for k, v in rows}
+        return {
+            k: self._decode(f"meta {k!r}", "the value", v, partial(loads, what=f"meta {k}"))
+            for k, v in self._query("SELECT key, value FROM meta")
+        }
 
     # -- runs -------------------------------------------------------------------------------
     def add_runs(self, runs: Iterable[Run]) -> None:
@@ -114,7 +189,10 @@ class RunDB:
 
     def runs(self) -> list[Run]:
         rows = self._query("SELECT id, run_json FROM runs ORDER BY seq")
-        return [from_text(RUN, Run, j, what=f"{self.path}: run {i}") for i, j in rows]
+        return [
+            self._decode(f"run {i}", "run_json", j, partial(from_text, RUN, Run, what=i))
+            for i, j in rows
+        ]
 
     def states(self) -> dict[str, tuple[str, int]]:
         """run id -> (state, attempts so far)."""
@@ -122,7 +200,10 @@ class RunDB:
 
     def results(self) -> dict[str, RunResult]:
         rows = self._query("SELECT id, result_json FROM runs WHERE result_json IS NOT NULL")
-        return {i: _stored_result(i, j) for i, j in rows}
+        return {
+            i: self._decode(f"run {i}", "result_json", j, partial(_stored_result, i))
+            for i, j in rows
+        }
 
     def recover_interrupted(self) -> list[str]:
         """Runs left `running` by a vmharness that died: back to pending, attempt noted."""
@@ -202,13 +283,72 @@ class RunDB:
         return [dict(zip(cols, row, strict=True)) for row in rows]
 
 
+def require_run_folder(run_dir: Path) -> Path:
+    """The path of `run_dir`'s database; UsageError if it has none (not a run folder)."""
+    path = run_dir / DB_NAME
+    if not path.is_file():
+        raise UsageError(
+            f"{run_dir} is not a vmharness run folder (no {DB_NAME})",
+            hint="give the folder that `vmharness run` or `submit` printed",
+        )
+    return path
+
+
+def _check_database(path: Path) -> None:
+    """SQLite's own check of the whole file (it reads every page) and vmharness's tables;
+    reads only."""
+    try:
+        conn = sqlite3.connect(path, timeout=60)
+    except sqlite3.Error as exc:
+        raise _db_error(path, exc) from exc
+    try:
+        problems = [row[0] for row in conn.execute("PRAGMA quick_check").fetchall()]
+        tables = {
+            row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+    except sqlite3.DatabaseError as exc:
+        raise _db_error(path, exc) from exc
+    finally:
+        conn.close()
+    if problems != ["ok"]:
+        raise DamagedRunDB(path, f"is damaged (SQLite: {'; '.join(problems[:3])})")
+    missing = [t for t in TABLES if t not in tables]
+    if missing:
+        raise DamagedRunDB(
+            path,
+            "is not a vmharness run database: "
+            + ("it has no tables" if not tables else f"no table {', '.join(missing)}"),
+        )
+
+
+def _db_error(path: Path, exc: sqlite3.Error) -> VmharnessError:
+    """SQLite's error as one the user can act on: a damaged file (exit 2), or one that
+    cannot be used now (locked, read-only, disk full: exit 3)."""
+    text = str(exc)
+    if isinstance(exc, sqlite3.OperationalError) and "malformed" not in text:
+        return InfraError(
+            f"the run database {path} cannot be used: {text}",
+            hint="is its disk full or read-only, or is another program holding it?",
+        )
+    if "not a database" in text:
+        return DamagedRunDB(path, f"is not a vmharness run database (SQLite: {text})")
+    return DamagedRunDB(path, f"is damaged (SQLite: {text})")
+
+
 # -- rows (their format: wire/formats.py) ------------------------------------------------------
 def _stored_result(run_id: str, text: str) -> RunResult:
-    """A stored verdict; one that cannot be read (a corrupt row, or one an older vmharness
-    wrote with NaN in it) is shown as what it is rather than stopping every report."""
+    """A stored verdict. One whose JSON reads but breaks the format's rules (NaN written by an
+    older vmharness) is shown as what it is rather than stopping every report; one that is not
+    a JSON object at all is a damaged row (WireError, which the caller names)."""
     try:
         return from_text(RESULT, RunResult, text, what=f"its stored verdict ({DB_NAME})")
     except WireError as exc:
+        try:
+            lenient = json.loads(text)  # Python's reader takes NaN and Infinity
+        except ValueError:
+            raise exc from None
+        if not isinstance(lenient, dict):
+            raise
         return RunResult(run_id=run_id, status="died", reason=str(exc))
 
 

@@ -225,7 +225,7 @@ def refresh_reports(folder: RunFolder) -> None:
         return
     with contextlib.suppress(Exception), _report_lock(folder.path, wait=False) as locked:
         if locked:
-            folder.write_reports(None, show=False)  # type: ignore[arg-type]
+            folder.write_reports(None, show=False)
 
 
 @contextlib.contextmanager

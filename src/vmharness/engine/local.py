@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from rich.console import Console
 from rich.live import Live
@@ -25,12 +26,13 @@ from rich.text import Text
 from ..errors import InfraError, SpecError
 from ..images.cache import DEFAULT_MAX_AGE_S, ImageCache
 from ..images.recipe import builtin_names, load_recipe
+from ..report import one_line
 from ..results.model import INFRA, PASSING, RunResult
 from ..rundir import RunFolder
 from ..spec import Run
 from ..state import PENDING, RunDB
 from ..vm.accel import choose_accelerator
-from ..vm.qemu import LocalVMs, snapshot_shape
+from ..vm.qemu import LocalVMs, check_free_space, snapshot_shape, vm_disk_need
 from ..vm.snapshots import SnapshotStore
 from .attempt import ImageRef, RunContext, VMExecutor, execute, settle
 
@@ -68,7 +70,8 @@ def parallel_slots(runs: list[Run], requested: int | None = None) -> tuple[int, 
 
 @dataclass
 class Progress:
-    """What the live table shows; updated from worker threads."""
+    """What the live table shows; updated from worker threads. Labels are the spec's: shown as
+    text (a `[/]` in one is not rich markup)."""
 
     total: int
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -83,19 +86,19 @@ class Progress:
             now = time.monotonic()
             for run_id, (run, start, attempt) in sorted(self.running.items()):
                 state = "running" + (f" (attempt {attempt})" if attempt > 1 else "")
-                t.add_row(  # labels as written: a "[" in one is no markup
-                    run_id,
+                t.add_row(
+                    Text(run_id),
                     Text(run.platform.name),
                     Text(run.source.label),
                     Text(run.package_set.label),
                     Text(state, style="yellow"),
-                    f"{now - start:5.0f}s",
+                    Text(f"{now - start:5.0f}s"),
                 )
             counts: dict[str, int] = {}
             for r in self.done.values():
                 counts[r.status] = counts.get(r.status, 0) + 1
             if counts:
-                t.caption = "  ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+                t.caption = Text("  ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
             return t
 
 
@@ -156,6 +159,7 @@ def run_matrix(
         if console.is_terminal
         else None
     )
+    stopped: KeyboardInterrupt | None = None
     with ThreadPoolExecutor(max_workers=slots) as pool:
         pending: dict[Future[RunResult], Run] = {}
         if live:
@@ -175,16 +179,21 @@ def run_matrix(
                         results[run.id] = result
                 if live:
                     live.update(progress.table(), refresh=True)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (errors.Terminated)
+            stopped = exc
             queue.clear()
             for fut in pending:
                 fut.cancel()
             if on_interrupt:  # stop the VMs so the pool's threads can end
                 on_interrupt()
-            raise
         finally:
             if live:
                 live.stop()
+    if stopped is not None:
+        # Every worker has ended (leaving the `with` waited for them): the runs they were doing
+        # go back to pending, their attempts recorded as interrupted, for `vmharness resume`.
+        db.recover_interrupted()
+        raise stopped
     return results
 
 
@@ -213,19 +222,24 @@ def images_for(
                 hint=f"map it with --platform-map; built-in recipes: {', '.join(builtin_names())}",
             )
         recipe = load_recipe(plat.recipe)
-        with console.status(f"image for {plat.name}: looking up the cache") as status:
+        # A status line is always read as markup by rich: Text keeps names and messages text.
+        with console.status(Text(f"image for {plat.name}: looking up the cache")) as status:
             t0 = time.monotonic()
 
             def say(msg: str, _s=status, _n=plat.name, _t=t0) -> None:
                 if msg.startswith("WARNING"):  # must stay on screen, not in the status line
-                    console.print(f"[yellow]image for {_n}: {msg}", highlight=False)
-                _s.update(f"image for {_n} [{time.monotonic() - _t:4.0f}s]: {msg}")
+                    console.print(Text(f"image for {_n}: {msg}", style="yellow"), highlight=False)
+                _s.update(Text(f"image for {_n} [{time.monotonic() - _t:4.0f}s]: {msg}"))
 
             image = cache.get(recipe, max_age_s=max_age_s, rebuild=rebuild, progress=say)
         age = image.age_s()
         console.print(
-            f"image [bold]{plat.name}[/]: {image.folder.name} "
-            f"({image.size_bytes / 1e6:.0f} MB, built {age / 3600:.1f} h ago)"
+            Text.assemble(
+                "image ",
+                (plat.name, "bold"),
+                f": {image.folder.name} ({image.size_bytes / 1e6:.0f} MB, "
+                f"built {age / 3600:.1f} h ago)",
+            )
         )
         images[plat.name] = ImageRef.from_cache(image)
     return images
@@ -245,7 +259,7 @@ def run_locally(
     runs = folder.db.runs()
     images = images_for(runs, cache, console, max_age_s=max_age_s, rebuild=rebuild)
     probe_kernel = next((i.kernel for i in images.values() if i.kernel), None)
-    accel = choose_accelerator(probe_kernel, cache.root, say=lambda m: console.print(m))
+    accel = choose_accelerator(probe_kernel, cache.root, say=lambda m: console.print(Text(m)))
     slots, why = parallel_slots(runs, jobs)
     recovered = folder.db.recover_interrupted()
     if recovered:
@@ -253,14 +267,17 @@ def run_locally(
     pending = sum(1 for s, _ in folder.db.states().values() if s == "pending")
     if 0 < pending < slots:
         slots, why = pending, f"{pending} at once (as many as there are runs)"
-    console.print(f"{pending} run(s) to do, {why}; logs in [bold]{folder.path}[/]")
+    console.print(
+        Text.assemble(f"{pending} run(s) to do, {why}; logs in ", (str(folder.path), "bold"))
+    )
+    todo = [run for run in runs if folder.db.states()[run.id][0] == "pending"]
+    check_disk_space(folder.path, todo, slots)
     store = cache.root / "snapshots"
     if boot == "snapshot":
         # Those of images the cache no longer has are ~130 MB of nothing.
         with contextlib.suppress(OSError):  # tidying up must never stop the runs
             SnapshotStore(store).prune({image.folder.name for image in cache.list()})
-        todo = [run for run in runs if folder.db.states()[run.id][0] == "pending"]
-        console.print(_snapshot_plan(todo, images, accel, SnapshotStore(store)))
+        console.print(Text(_snapshot_plan(todo, images, accel, SnapshotStore(store))))
     ctx = RunContext(
         run_dir=folder.path,
         boot=boot,
@@ -269,7 +286,7 @@ def run_locally(
     )
 
     def line(run: Run, result: RunResult) -> None:
-        console.print(result_line(run, result), highlight=False)
+        console.print(result_line(run, result))
 
     folder.db.set_meta(accelerator=accel)
     vms = LocalVMs(accel)
@@ -287,14 +304,23 @@ def run_locally(
     )
 
 
+def check_disk_space(folder: Path, todo: list[Run], slots: int) -> None:
+    """Before any VM starts: room in the run folder for the VMs that run at once (each checks
+    again for itself when it starts: vm/qemu.py)."""
+    needs = sorted((vm_disk_need(run.vm.output_size_mib << 20) for run in todo), reverse=True)
+    if needs:
+        n = min(slots, len(needs))
+        check_free_space(folder, sum(needs[:n]), f"{n} VM(s) at once would")
+
+
 def result_line(run: Run, result: RunResult) -> Text:
-    """One finished run, for the terminal. Labels (the user's) and the reason (which may quote
-    the guest) are shown as written, never read as markup."""
+    """A finished run's line: its status in colour, then labels and reason as plain text (a
+    reason quotes the guest's test names, brackets and all)."""
     colour = "green" if result.status in PASSING else "red"
     return Text.assemble(
         (f"{result.status:8}", colour),
         f" {run.id} {run.platform.name} / {run.source.label} / {run.package_set.label}  "
-        f"{result.duration_s:6.1f}s  {result.reason[:100]}",
+        f"{result.duration_s:6.1f}s  {one_line(result.reason, 100)}",
     )
 
 

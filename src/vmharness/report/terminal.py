@@ -1,8 +1,9 @@
 """The terminal summary: counts per status by platform, source and package set, then the runs
 that did not pass (with reason and log dir), then the comparison with a previous run if given.
 
-Guest strings are printed as plain Text (never as rich markup) after removing control
-characters, so a message cannot restyle or take over the terminal.
+Guest and spec strings (titles, labels, reasons, test names) are printed as plain Text, never
+as rich markup (a test named `test_open[/a]` is text), after removing control characters, so a
+message can neither restyle nor take over the terminal, nor stop the report.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def summary_table(inp: ReportInput) -> Table:
     shown += extra
 
     table = Table(
-        title=f"{inp.title}: {summary.total} runs",
+        title=Text(f"{one_line(inp.title, 200)}: {summary.total} runs"),
         title_justify="left",
         show_footer=True,
         pad_edge=False,

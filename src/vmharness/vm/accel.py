@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import InfraError
 from ..wire.codec import read_json, write_json_atomic
+from .lifetime import spawn
 
 QEMU = "qemu-system-x86_64"
 PROBE_TIMEOUT_S = 20
@@ -100,17 +101,25 @@ def _probe_kvm(kernel: Path) -> tuple[str, str]:
             f"file:{console}",
         ]
         t0 = time.monotonic()
+        # Tied to this process (lifetime.py): a probe that hangs must not outlive a killed run.
+        proc = spawn(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+        )
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+            _out, err = proc.communicate(timeout=PROBE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             return (
                 "tcg",
                 f"a probe guest hung under KVM for {PROBE_TIMEOUT_S}s; using software "
                 "emulation (slower)",
             )
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
         seconds = time.monotonic() - t0
         text = console.read_text(errors="replace") if console.exists() else ""
         if "Kernel panic" in text or "VFS:" in text:
             return "kvm", f"a probe guest booted under KVM in {seconds:.1f}s"
-        detail = (proc.stderr.strip().splitlines() or ["no console output"])[-1]
+        detail = (err.strip().splitlines() or ["no console output"])[-1]
         return "tcg", f"KVM failed the probe ({detail}); using software emulation (slower)"

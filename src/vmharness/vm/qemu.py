@@ -34,7 +34,9 @@ from ..errors import InfraError
 from ..wire import guest
 from ..wire.guest import SNAPSHOT_FLAG
 from .accel import QEMU, qemu_version
+from .console import CONSOLE_LIMIT, ConsoleLog
 from .job import VMJob, VMOutcome
+from .lifetime import spawn
 from .snapshots import Snapshot, SnapshotStore
 
 # The agent of a VM booted with SNAPSHOT_FLAG on its kernel command line says READY_MARKER when
@@ -49,6 +51,10 @@ SNAPSHOT_BOOT_TIMEOUT_S = 300  # boot to READY_MARKER; ~11 s under TCG on a quie
 MIGRATION_TIMEOUT_S = 120  # saving or restoring the state; about a second here
 # Hot-pluggable PCIe ports for a restored VM's two run disks, and the nodes plugged into them.
 RUN_DISK_PORTS = (("vmh-port-out", "vmh-out"), ("vmh-port-in", "vmh-in"))
+# What a VM may need on the disk of its run folder, beyond what is there when it starts: its
+# console (capped), what the guest writes to its output disk (a sparse file until written), and
+# a floor for its root disk's overlay (which grows with what the guest writes there; no cap).
+OVERLAY_RESERVE = 256 << 20
 
 
 class VMInterrupted(BaseException):
@@ -61,7 +67,7 @@ class VMInterrupted(BaseException):
 def qemu_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> list[str]:
     """A VM that boots: the machine with the run's disks attached from the start."""
     return (
-        _machine(job, accel, overlay, qmp_socket, job.console_log)
+        _machine(job, accel, overlay, qmp_socket)
         + [
             "-drive",
             f"file={_opt(job.input_disk)},if=virtio,format=raw,readonly=on",
@@ -78,9 +84,7 @@ def _opt(path: Path) -> str:
     return str(path).replace(",", ",,")
 
 
-def _warm_command(
-    job: VMJob, accel: str, overlay: Path, qmp_socket: Path, console: Path
-) -> list[str]:
+def _warm_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> list[str]:
     """The VM a snapshot is made from, and restored into: no run disks, two free PCIe ports.
 
     Making and restoring must use this same command (devices and their order): a migration
@@ -89,23 +93,14 @@ def _warm_command(
     for n, (port, _node) in enumerate(RUN_DISK_PORTS, start=1):
         ports += ["-device", f"pcie-root-port,id={port},chassis={n},slot={n}"]
     return (
-        _machine(job, accel, overlay, qmp_socket, console, console_append=True)
+        _machine(job, accel, overlay, qmp_socket)
         + ports
         + _kernel_args(job, f"{job.cmdline} {SNAPSHOT_FLAG}")
     )
 
 
-def _machine(
-    job: VMJob,
-    accel: str,
-    overlay: Path,
-    qmp_socket: Path,
-    console: Path,
-    *,
-    console_append: bool = False,
-) -> list[str]:
+def _machine(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> list[str]:
     cpu = "host" if accel == "kvm" else "max"
-    append = ",append=on" if console_append else ""
     cmd = [
         QEMU,
         "-name",
@@ -123,8 +118,10 @@ def _machine(
         "none",
         "-no-reboot",
         "-no-user-config",
+        # The serial console goes to qemu's stdout, a pipe: console.py writes console.log from
+        # it, within a bound (qemu's file chardev has none). stdin is /dev/null.
         "-chardev",
-        f"file,id=vmh-serial,path={_opt(console)}{append}",
+        "stdio,id=vmh-serial,signal=off",
         "-serial",
         "chardev:vmh-serial",
         "-qmp",
@@ -152,10 +149,13 @@ def _kernel_args(job: VMJob, cmdline: str) -> list[str]:
 
 class VMProcesses:
     """The qemu processes one vmharness started and has not yet seen end, so that an interrupt
-    stops them all; once stopping, no new VM starts (nothing would stop it)."""
+    stops them all; once stopping, no new VM starts (nothing would stop it). Each is tied to
+    this process (lifetime.py: the kernel kills it if vmharness dies) and has its console
+    written by a ConsoleLog (console.py)."""
 
     def __init__(self) -> None:
         self._running: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
+        self._consoles: dict[int, ConsoleLog] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
@@ -163,27 +163,47 @@ class VMProcesses:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
-    def start(self, cmd: list[str], workdir: Path, qmp_socket: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self,
+        cmd: list[str],
+        workdir: Path,
+        qmp_socket: Path,
+        *,
+        console: Path,
+        append: bool = False,
+    ) -> subprocess.Popen[bytes]:
+        """Start qemu; its serial console goes to `console` (after what is there: `append`)."""
         (workdir / "qemu-command.txt").write_text(shlex.join(cmd) + "\n")
         with self._lock:
             if self.stopping:
                 raise VMInterrupted(cmd[cmd.index("-name") + 1])
-            with open(workdir / "qemu-stderr.log", "wb") as err:
-                proc = subprocess.Popen(
-                    cmd,
-                    stdout=subprocess.DEVNULL,
-                    stderr=err,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
+            log = ConsoleLog(console, append=append)
+            try:
+                with open(workdir / "qemu-stderr.log", "wb") as err:
+                    proc = spawn(
+                        cmd,
+                        stdout=subprocess.PIPE,
+                        stderr=err,
+                        stdin=subprocess.DEVNULL,
+                        start_new_session=True,
+                    )
+            except BaseException:
+                log.abandon()
+                raise
+            assert proc.stdout is not None
+            self._consoles[proc.pid] = log.start(proc.stdout)  # type: ignore[arg-type]
             self._running[proc.pid] = (proc, qmp_socket)
         return proc
 
     def forget(self, proc: subprocess.Popen[bytes], qmp_socket: Path) -> None:
+        """The VM is over for its caller: stopped if still running, its console.log final."""
         if proc.poll() is None:
             _stop(proc, qmp_socket)
         with self._lock:
             self._running.pop(proc.pid, None)
+            log = self._consoles.pop(proc.pid, None)
+        if log is not None:
+            log.close()
 
     def stop_all(self) -> int:
         """Stop every VM (on Ctrl-C): their runs stay `running` in the database and
@@ -211,10 +231,30 @@ class LocalVMs:
         return self.procs.stop_all()
 
 
+def vm_disk_need(output_disk_bytes: int) -> int:
+    """Bytes a VM may add to its run folder's disk once started (see OVERLAY_RESERVE)."""
+    return CONSOLE_LIMIT + output_disk_bytes + OVERLAY_RESERVE
+
+
+def check_free_space(folder: Path, need: int, what: str) -> None:
+    """InfraError, naming the folder and the space, unless `folder`'s disk has `need` bytes."""
+    free = shutil.disk_usage(folder).free
+    if free < need:
+        raise InfraError(
+            f"not enough free disk space in {folder}: {free >> 20} MiB free, {what} need "
+            f"about {need >> 20} MiB there (per VM: its console log up to "
+            f"{CONSOLE_LIMIT >> 20} MiB, its output disk, and its root disk's overlay)",
+            hint="free some space there, put the run folder on a bigger disk (--out), or run "
+            "fewer VMs at once (--jobs)",
+        )
+
+
 def run_vm(job: VMJob, accel: str, procs: VMProcesses) -> VMOutcome:
     """Start the run's VM (from a snapshot where it can) and wait for it to power off, or kill
     it at the wall-clock timeout."""
     job.workdir.mkdir(parents=True, exist_ok=True)
+    output_size = job.output_disk.stat().st_size if job.output_disk.exists() else 0
+    check_free_space(job.workdir, vm_disk_need(output_size), "its VM would")
     why_not = ""
     if job.snapshot_store is not None and job.kernel is not None:
         outcome, why_not = _run_from_snapshot(procs, job, accel, SnapshotStore(job.snapshot_store))
@@ -282,10 +322,7 @@ def _run_from_snapshot(
         store.used(key)
         restore_s: list[float] = []
         with _qmp_dir() as qmp_socket:
-            cmd = _warm_command(job, accel, overlay, qmp_socket, job.console_log) + [
-                "-incoming",
-                "defer",
-            ]
+            cmd = _warm_command(job, accel, overlay, qmp_socket) + ["-incoming", "defer"]
             outcome = _run_qemu(
                 procs,
                 job,
@@ -293,6 +330,7 @@ def _run_from_snapshot(
                 cmd,
                 qmp_socket,
                 started=lambda proc: restore_s.append(_restore(job, proc, qmp_socket, snap)),
+                console_append=True,  # after the snapshot's boot
             )
     except _RestoreFailed as exc:
         if procs.stopping:  # we stopped it (Ctrl-C): the snapshot is not to blame
@@ -392,7 +430,7 @@ def _make_snapshot(
         _create_overlay(job.base_disk, overlay)
         with _qmp_dir() as qmp_socket:
             proc = procs.start(
-                _warm_command(job, accel, overlay, qmp_socket, console), work, qmp_socket
+                _warm_command(job, accel, overlay, qmp_socket), work, qmp_socket, console=console
             )
             try:
                 _wait_for_marker(proc, console, READY_MARKER, SNAPSHOT_BOOT_TIMEOUT_S)
@@ -434,28 +472,55 @@ def _make_snapshot(
 def _wait_for_marker(
     proc: subprocess.Popen[bytes], console: Path, marker: bytes, timeout_s: float, offset: int = 0
 ) -> None:
-    """Until the guest's agent writes `marker` on the serial console (after `offset`)."""
+    """Until the guest's agent writes `marker` on the serial console (after `offset`).
+
+    The console is read in bounded chunks; each is searched together with the end of the one
+    before it, so a marker is found however the output falls into reads (a marker followed at
+    once by 100 KiB more output, or one cut between two reads)."""
     deadline = time.monotonic() + timeout_s
-    seen = b""
+    scan = MarkerScan(marker)
     while time.monotonic() < deadline:
         with contextlib.suppress(FileNotFoundError), open(console, "rb") as f:
             f.seek(offset)
-            new = f.read()
-            offset += len(new)
-            seen = (seen + new)[-4096:]
-        if marker in seen:
-            return
+            while chunk := f.read(MARKER_READ_BYTES):
+                offset += len(chunk)
+                if scan.feed(chunk):
+                    return
         if proc.poll() is not None:
             raise _SnapshotFailed(
                 f"the VM ended (qemu exit code {proc.returncode}) before its "
                 f"agent said {marker.decode()!r}; last console lines: "
-                f"{_tail(seen)}"
+                f"{_tail(scan.recent)}"
             )
         time.sleep(0.02)
     raise _SnapshotFailed(
         f"the agent did not say {marker.decode()!r} within {timeout_s:.0f}s; "
-        f"last console lines: {_tail(seen)}"
+        f"last console lines: {_tail(scan.recent)}"
     )
+
+
+MARKER_READ_BYTES = 1 << 20
+
+
+class MarkerScan:
+    """Finds `marker` in a byte stream fed in pieces of any size: each piece is searched with
+    the last len(marker) - 1 bytes before it. Keeps the last few KiB for error messages."""
+
+    RECENT_BYTES = 4096
+
+    def __init__(self, marker: bytes) -> None:
+        self.marker = marker
+        self.found = False
+        self._carry = b""
+        self.recent = b""
+
+    def feed(self, chunk: bytes) -> bool:
+        if not self.found:
+            window = self._carry + chunk
+            self.found = self.marker in window
+            self._carry = window[-(len(self.marker) - 1) :] if len(self.marker) > 1 else b""
+        self.recent = (self.recent + chunk[-self.RECENT_BYTES :])[-self.RECENT_BYTES :]
+        return self.found
 
 
 def _tail(text: bytes) -> str:
@@ -565,10 +630,17 @@ def _qmp_dir():
 
 
 def _run_qemu(
-    procs: VMProcesses, job: VMJob, accel: str, cmd: list[str], qmp_socket: Path, started=None
+    procs: VMProcesses,
+    job: VMJob,
+    accel: str,
+    cmd: list[str],
+    qmp_socket: Path,
+    started=None,
+    *,
+    console_append: bool = False,
 ) -> VMOutcome:
     t0 = time.monotonic()
-    proc = procs.start(cmd, job.workdir, qmp_socket)
+    proc = procs.start(cmd, job.workdir, qmp_socket, console=job.console_log, append=console_append)
     try:
         if started is not None:
             started(proc)
