@@ -67,6 +67,7 @@ def guest_left(tmp_path: Path, text: str) -> tuple[Path, Extraction]:
 def render_everything(run_dir: Path, result: RunResult) -> dict[str, Path]:
     """Store the verdict as the engines do, and make every report from the database alone."""
     db = RunDB(run_dir)
+    db.set_meta(backend="local")  # as RunFolder.create records it
     db.add_runs([RUN])
     db.start_attempt(RUN.id)
     db.finish_attempt(result, final=True)
