@@ -5,8 +5,8 @@ Cell positions come from the browser itself: a probe copy of the page (CSP remov
 added that writes every cell's bounding box into the DOM) is loaded with --dump-dom at the same
 window size as the screenshot. Skips when chromium is not installed.
 
-`VMHARNESS_UPDATE_SCREENSHOT=1 pytest -m browser tests/test_report_browser.py` also writes the
-checked screenshot to docs/report.png (the README shows it).
+`VMHARNESS_UPDATE_SCREENSHOT=1 pytest -m browser tests/browser/test_report_browser.py` also
+writes the checked screenshot to docs/report.png (the README shows it).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_report import make_result, make_run
+from reportdata import make_result, make_run
 
 from vmharness.report import STATUS_COLOURS, ReportInput, write_all
 from vmharness.results.model import Problem, RunResult
@@ -34,7 +34,7 @@ CHROMIUM = next(
     None,
 )
 WIDTH, HEIGHT = 1200, 800
-DOCS_PNG = Path(__file__).resolve().parent.parent / "docs" / "report.png"
+DOCS_PNG = Path(__file__).resolve().parents[2] / "docs" / "report.png"
 
 PLATFORMS = ["rocky_8.x86_64", "alma_9.x86_64", "centos_stream_9.x86_64", "alma_10.x86_64"]
 SOURCES = ["24; osg", "24; osg > osg-testing", "25; osg-testing, osg-upcoming-testing"]

@@ -22,7 +22,7 @@ from vmharness.spec import (
     parse_size_mib,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 PEER = REPO.parent / "shared" / "peer-data"
 OSG_PARAMS = PEER / "vm-test-runs" / "parameters.d"
 OSG_EXCEPTIONS = PEER / "vm-test-runs" / "test-exceptions.yaml"

@@ -24,7 +24,7 @@ from vmharness.results import classify, parse_junit, parse_osg_test, parse_resul
 from vmharness.results.model import STATUSES, ParsedLog
 
 TODAY = datetime.date(2026, 11, 24)
-PEER_LOGS = Path(__file__).resolve().parents[1].parent / "shared" / "peer-data" / "osg-test-logs"
+PEER_LOGS = Path(__file__).resolve().parents[2].parent / "shared" / "peer-data" / "osg-test-logs"
 SEP1 = "=" * 70
 SEP2 = "-" * 70
 # The caps of results/text.py (MAX_TESTS, MAX_PROBLEMS), as the issue asks for them.

@@ -29,7 +29,7 @@ from vmharness.spec import KnownFailure
 TODAY = datetime.date(2026, 11, 24)
 YESTERDAY = TODAY - datetime.timedelta(days=1)
 TOMORROW = TODAY + datetime.timedelta(days=1)
-PEER_LOGS = Path(__file__).resolve().parents[1].parent / "shared" / "peer-data" / "osg-test-logs"
+PEER_LOGS = Path(__file__).resolve().parents[2].parent / "shared" / "peer-data" / "osg-test-logs"
 
 
 def kf(test: str, module: str, start=TODAY, end=TODAY) -> KnownFailure:

@@ -35,7 +35,7 @@ from vmharness.engine.attempt import ImageRef  # noqa: E402
 from vmharness.spec import expand, load_spec  # noqa: E402
 from vmharness.vm.job import VMOutcome  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 VMH = [sys.executable, "-m", "vmharness.cli"]
 
 TRIVIAL = """\

@@ -1,6 +1,6 @@
 """What protects the host from its VMs, without a VM: the console markers the host waits for,
 the cap on a VM's console log, the free-space check, and qemu's lifetime tied to vmharness's.
-(tests/test_vm_host.py does the same with real VMs.)"""
+(tests/vm/test_vm_host.py does the same with real VMs.)"""
 
 from __future__ import annotations
 
@@ -251,7 +251,7 @@ time.sleep(300)
 
 
 def test_a_vm_dies_when_its_vmharness_is_killed() -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2] / "src")}
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER], stdout=subprocess.PIPE, text=True, env=env
     )

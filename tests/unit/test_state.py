@@ -23,7 +23,7 @@ from vmharness.state import (
 )
 from vmharness.wire.codec import decode, encode
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MATRIX = REPO / "examples" / "matrix.yaml"
 SMOKE = REPO / "examples" / "smoke.yaml"
 

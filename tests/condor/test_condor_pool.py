@@ -22,7 +22,7 @@ import pytest
 
 pytestmark = pytest.mark.condor
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "condor-pool"
 DAGMAN = "/usr/bin/condor_dagman"  # where the schedd runs it (inside the pool root on Debian 12)
 
