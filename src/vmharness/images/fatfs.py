@@ -28,6 +28,7 @@ ATTR_LFN = 0x0F
 MAX_DEPTH = 32
 MAX_DIR_BYTES = 65536 * 32  # FAT's own limit for a folder: 65536 entries
 READ_RUN_BYTES = 1 << 20  # consecutive clusters of a file are read in one go, up to this much
+_DOTS = (b".          ", b"..         ")  # the short names of "." and ".."
 
 
 class CorruptFilesystem(Exception):
@@ -220,54 +221,64 @@ class FatReader:
                 clusters.append(cluster)
         except CorruptFilesystem as exc:
             damage = exc
-        for cluster in clusters:
-            yield self.read_cluster(cluster)
+        # Consecutive clusters are read together (a system call each was a third of the time
+        # for a disk of folders), up to 64 KiB at a time.
+        longest = max(1, (64 << 10) // self.cluster_bytes)
+        i = 0
+        while i < len(clusters):
+            j = i + 1
+            while j < len(clusters) and j - i < longest and clusters[j] == clusters[j - 1] + 1:
+                j += 1
+            yield self._read_run(clusters[i], j - i, (j - i) * self.cluster_bytes)
+            i = j
         if damage is not None:
             raise damage
 
 
 def _dir_entries(chunks: Iterable[bytes], fat32: bool) -> Iterator[tuple[str, int, int, int]]:
-    # Long-name parts are kept as bytes and decoded only for the entry they belong to: a folder
-    # full of orphan parts then costs a slice each.
-    lfn_parts: dict[int, bytes] = {}
-    lfn_sum: int | None = None
+    # Speed matters here: a hostile disk can be 2 million slots of deleted entries or orphan
+    # long-name parts. Each slot is seen as its first and attribute bytes only (two strided
+    # slices, walked in C), and long-name parts are decoded only for the entry they name.
+    lfn_parts: dict[int, tuple[bytes, int]] = {}  # order -> (chunk, offset) of the part
+    lfn_sum = -1
     for data in chunks:
-        for off in range(0, len(data) - 31, 32):
-            first = data[off]
-            if first == 0x00:
-                return
+        # (equal lengths; should a read come back short, zip stops at the shorter)
+        for i, (first, attr) in enumerate(zip(data[0::32], data[11::32], strict=False)):
             if first == 0xE5:
                 if lfn_parts:
-                    lfn_parts, lfn_sum = {}, None
+                    lfn_parts = {}
                 continue
-            attr = data[off + 11]
+            if first == 0x00:
+                return
+            off = i * 32
             if attr == ATTR_LFN:
                 if first & 0x40:
                     lfn_parts = {}
-                lfn_parts[first & 0x1F] = (
-                    data[off + 1 : off + 11] + data[off + 14 : off + 26] + data[off + 28 : off + 32]
-                )
+                lfn_parts[first & 0x1F] = (data, off)
                 lfn_sum = data[off + 13]
                 continue
             if attr & ATTR_VOLUME:
-                lfn_parts, lfn_sum = {}, None
+                if lfn_parts:
+                    lfn_parts = {}
+                continue
+            if first == 0x2E and data.startswith(_DOTS, off):  # a folder's own entries: cheaply,
+                if lfn_parts:  # as they count for nothing
+                    lfn_parts = {}
                 continue
             raw = data[off : off + 32]
-            short = _short_name(raw)
-            name = short
+            name = _short_name(raw)
             if lfn_parts and lfn_sum == _lfn_checksum(raw[:11]):
                 orders = sorted(lfn_parts)
                 if orders == list(range(1, len(orders) + 1)):
-                    name = "".join(_lfn_part(lfn_parts[o]) for o in orders)
-            lfn_parts, lfn_sum = {}, None
-            if short in (".", ".."):
-                continue
+                    name = "".join(_lfn_part(*lfn_parts[o]) for o in orders)
+            lfn_parts = {}
             hi = struct.unpack_from("<H", raw, 20)[0] if fat32 else 0
             lo, size = struct.unpack_from("<HI", raw, 26)
             yield name, attr, (hi << 16) | lo, size
 
 
-def _lfn_part(chars: bytes) -> str:
+def _lfn_part(data: bytes, off: int) -> str:
+    chars = data[off + 1 : off + 11] + data[off + 14 : off + 26] + data[off + 28 : off + 32]
     part = chars.decode("utf-16-le", errors="replace")
     return part.split("\x00", 1)[0].replace("\uffff", "")
 
