@@ -18,10 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fat_images import FatImage
+from fat_images import FatImage, lfn_checksum, lfn_entries, short_entry
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from vmharness.images import fatfs
 from vmharness.images.extract import extract
 
 MIB = 1 << 20
@@ -252,3 +253,109 @@ def test_hostile_fat16_disk(data: st.DataObject, lim: tuple[int, int]) -> None:
 @given(data=st.data(), lim=limits)
 def test_hostile_fat32_disk(data: st.DataObject, lim: tuple[int, int]) -> None:
     check_hostile(data, True, lim)
+
+
+# -- the folder parser against a plain one -----------------------------------------------
+def reference_entries(chunks: list[bytes], fat32: bool) -> list[tuple[str, int, int, int]]:
+    """Folder slots read one by one, the obvious way (as the reader once did), with the one
+    rule the fast parser adds: a run of more than 31 long-name parts names nothing."""
+    out: list[tuple[str, int, int, int]] = []
+    parts: dict[int, bytes] = {}
+    lfn_sum, run = -1, 0
+    for data in chunks:
+        for off in range(0, len(data) - 31, 32):
+            raw = data[off : off + 32]
+            first, attr = raw[0], raw[11]
+            if first == 0x00:
+                return out
+            if first == 0xE5:
+                parts, run = {}, 0
+                continue
+            if attr == 0x0F:
+                if first & 0x40:
+                    parts, run = {}, 0
+                parts[first & 0x1F] = raw
+                lfn_sum, run = raw[13], run + 1
+                continue
+            if attr & 0x08:
+                parts, run = {}, 0
+                continue
+            short = fatfs._short_name(raw)
+            name = short
+            if parts and run <= fatfs.MAX_LFN_PARTS and lfn_sum == fatfs._lfn_checksum(raw[:11]):
+                orders = sorted(parts)
+                if orders == list(range(1, len(orders) + 1)):
+                    name = "".join(fatfs._lfn_part(parts[o], 0) for o in orders)
+            parts, run = {}, 0
+            if short in (".", ".."):
+                continue
+            hi = int.from_bytes(raw[20:22], "little") if fat32 else 0
+            lo, size = int.from_bytes(raw[26:28], "little"), int.from_bytes(raw[28:32], "little")
+            out.append((name, attr, (hi << 16) | lo, size))
+    return out
+
+
+SHORTS = [b"RESULT  JSN", b"A       TXT", b".          ", b"..         ", b".X      TXT"]
+SHORTS += [b".X         ", b". X        ", b"...        ", b"..        X"]  # named entries
+
+
+def lfn_part(orders: st.SearchStrategy[int], csum: int) -> st.SearchStrategy[bytes]:
+    def build(order: int, chars: str, csum: int) -> bytes:
+        b = bytearray(32)
+        b[0] = order
+        b[1:11] = chars.encode("utf-16-le").ljust(10, b"\xff")
+        b[11] = 0x0F
+        b[13] = csum
+        return bytes(b)
+
+    chars = st.sampled_from(["ab", "cd", "e\x00", "\x00"])  # "\x00" alone: an empty name
+    return st.builds(build, orders, chars, st.sampled_from([csum, csum, csum, csum ^ 1]))
+
+
+@st.composite
+def folder_slots(draw: st.DrawFn) -> list[bytes]:
+    slots: list[bytes] = []
+    for _ in range(draw(st.integers(0, 40))):
+        kind = draw(
+            st.sampled_from(["long name", "parts", "run", "short", "deleted", "volume", "end"])
+        )
+        short = draw(st.sampled_from(SHORTS))
+        csum = lfn_checksum(short)
+        if kind == "long name":  # a whole, valid one, sometimes longer than a file name may be
+            slots += lfn_entries("n" * draw(st.integers(1, 400)), short)
+            slots.append(short_entry(short, 0x20, 2, 7))
+        elif kind in ("parts", "run"):  # loose parts: orders repeated, flagged first or not
+            if kind == "parts":
+                orders = st.sampled_from([1, 2, 0x41, 0x42, 0]) | st.integers(0, 0x5F)
+                slots += draw(st.lists(lfn_part(orders, csum), min_size=1, max_size=4))
+            else:  # around the 31-part limit
+                orders = st.sampled_from([1, 2])
+                slots += draw(st.lists(lfn_part(orders, csum), min_size=30, max_size=33))
+            if draw(st.integers(0, 3)):
+                slots.append(short_entry(short, 0x20, 2, 7))
+        elif kind == "short":
+            attr = draw(st.sampled_from([0x20, 0x10, 0x01, 0x28, 0x0E]))
+            slots.append(short_entry(short, attr, draw(st.integers(0, 1 << 20)), 7))
+        elif kind == "deleted":
+            slots.append(b"\xe5" + bytes(31))
+        elif kind == "volume":
+            slots.append(short_entry(b"LABEL", 0x08, 0, 0))
+        elif draw(st.integers(0, 5)) == 0:  # the end marker, now and then
+            slots.append(bytes(32))
+    return slots
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(slots=folder_slots(), data=st.data(), fat32=st.booleans())
+def test_folder_parser_matches_the_plain_one(
+    slots: list[bytes], data: st.DataObject, fat32: bool
+) -> None:
+    """Folders cut into chunks anywhere, as clusters are: entries, long names and all."""
+    if data.draw(st.booleans()):  # anywhere
+        cuts = data.draw(st.lists(st.integers(0, len(slots)), max_size=10))
+    else:  # every k slots: k=1 puts every entry first in its chunk
+        cuts = list(range(0, len(slots), data.draw(st.sampled_from([1, 1, 2, 3, 16]))))
+    whole = b"".join(slots)
+    edges = sorted({0, len(slots), *cuts})
+    chunks = [whole[a * 32 : b * 32] for a, b in zip(edges, edges[1:], strict=False)]
+    assert list(fatfs._dir_entries(chunks, fat32)) == reference_entries(chunks, fat32)

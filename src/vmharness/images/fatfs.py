@@ -28,7 +28,18 @@ ATTR_LFN = 0x0F
 MAX_DEPTH = 32
 MAX_DIR_BYTES = 65536 * 32  # FAT's own limit for a folder: 65536 entries
 READ_RUN_BYTES = 1 << 20  # consecutive clusters of a file are read in one go, up to this much
-_DOTS = (b".          ", b"..         ")  # the short names of "." and ".."
+MAX_LFN_PARTS = 31  # a part's order has 5 bits
+# Byte maps to 0/1: a slot names an entry when its first byte is neither "end" nor "deleted"
+# and its attributes are neither a long-name part nor a volume label...
+_LIVE_FIRST = bytes(0 if b in (0x00, 0xE5) else 1 for b in range(256))
+_ENTRY_ATTR = bytes(0 if b == ATTR_LFN or b & ATTR_VOLUME else 1 for b in range(256))
+# ...and its short name is not "." or ".." (a folder's own entries): byte k of the name is
+# one of what _DOT_BYTES[k] maps to 1.
+_DOT_BYTES = [
+    bytes(b == 0x2E for b in range(256)),
+    bytes(b in (0x20, 0x2E) for b in range(256)),
+    *[bytes(b == 0x20 for b in range(256))] * 9,
+]
 
 
 class CorruptFilesystem(Exception):
@@ -236,45 +247,66 @@ class FatReader:
 
 
 def _dir_entries(chunks: Iterable[bytes], fat32: bool) -> Iterator[tuple[str, int, int, int]]:
-    # Speed matters here: a hostile disk can be 2 million slots of deleted entries or orphan
-    # long-name parts. Each slot is seen as its first and attribute bytes only (two strided
-    # slices, walked in C), and long-name parts are decoded only for the entry they name.
-    lfn_parts: dict[int, tuple[bytes, int]] = {}  # order -> (chunk, offset) of the part
-    lfn_sum = -1
+    # Speed matters here: a 64 MiB disk can hold 2 million folder slots of deleted entries,
+    # volume labels or orphan long-name parts. So the slots that name an entry are found in C
+    # (strided slices of the first and attribute bytes, mapped to 0/1 and ANDed as integers),
+    # and only those are visited in Python, each looking back for its long name.
+    tail = b""  # the last slots seen, for a long name that starts in an earlier chunk
     for data in chunks:
-        # (equal lengths; should a read come back short, zip stops at the shorter)
-        for i, (first, attr) in enumerate(zip(data[0::32], data[11::32], strict=False)):
-            if first == 0xE5:
-                if lfn_parts:
-                    lfn_parts = {}
-                continue
-            if first == 0x00:
-                return
-            off = i * 32
-            if attr == ATTR_LFN:
-                if first & 0x40:
-                    lfn_parts = {}
-                lfn_parts[first & 0x1F] = (data, off)
-                lfn_sum = data[off + 13]
-                continue
-            if attr & ATTR_VOLUME:
-                if lfn_parts:
-                    lfn_parts = {}
-                continue
-            if first == 0x2E and data.startswith(_DOTS, off):  # a folder's own entries: cheaply,
-                if lfn_parts:  # as they count for nothing
-                    lfn_parts = {}
-                continue
-            raw = data[off : off + 32]
-            name = _short_name(raw)
-            if lfn_parts and lfn_sum == _lfn_checksum(raw[:11]):
-                orders = sorted(lfn_parts)
-                if orders == list(range(1, len(orders) + 1)):
-                    name = "".join(_lfn_part(*lfn_parts[o]) for o in orders)
-            lfn_parts = {}
+        buf = tail + data
+        base = len(tail) // 32  # buf's slots before this chunk's
+        firsts, attrs = buf[0::32], buf[11::32]
+        n = min(len(firsts), len(attrs))  # equal, unless a read came back short
+        end = firsts.find(0, base, n)  # the end-of-folder marker
+        stop = n if end < 0 else end
+        named = int.from_bytes(firsts[:n].translate(_LIVE_FIRST), "big") & int.from_bytes(
+            attrs[:n].translate(_ENTRY_ATTR), "big"
+        )
+        if firsts.find(0x2E, base, stop) >= 0:  # "." or ".." maybe: a folder of them is cheap
+            dots = -1
+            for k, table in enumerate(_DOT_BYTES):
+                dots &= int.from_bytes(buf[k::32][:n].translate(table), "big")
+            named &= ~dots
+        flags = named.to_bytes(n, "big")
+        i = flags.find(1, base, stop)
+        while i >= 0:
+            raw = buf[i * 32 : i * 32 + 32]
+            name = _long_name(buf, i, raw[:11])
+            name = _short_name(raw) if name is None else name
             hi = struct.unpack_from("<H", raw, 20)[0] if fat32 else 0
             lo, size = struct.unpack_from("<HI", raw, 26)
-            yield name, attr, (hi << 16) | lo, size
+            yield name, raw[11], (hi << 16) | lo, size
+            i = flags.find(1, i + 1, stop)
+        if end >= 0:
+            return
+        # The parts a long name can have, and one more to see when a run has too many.
+        tail = buf[max(0, n - MAX_LFN_PARTS - 1) * 32 : n * 32]
+
+
+def _long_name(buf: bytes, i: int, short11: bytes) -> str | None:
+    """The long name in the slots before slot `i` (its short entry), or None.
+
+    The parts run back to the one flagged first (0x40) or to any other slot; later parts win
+    over earlier ones of the same order. A run of more than 31 parts is garbage."""
+    parts: dict[int, int] = {}  # order -> offset
+    j = i - 1
+    while j >= 0:
+        off = j * 32
+        first = buf[off]
+        if buf[off + 11] != ATTR_LFN or first in (0x00, 0xE5):
+            break
+        if i - j > MAX_LFN_PARTS:
+            return None
+        parts.setdefault(first & 0x1F, off)
+        if first & 0x40:
+            break
+        j -= 1
+    if not parts or buf[(i - 1) * 32 + 13] != _lfn_checksum(short11):
+        return None
+    orders = sorted(parts)
+    if orders != list(range(1, len(orders) + 1)):
+        return None
+    return "".join(_lfn_part(buf, parts[o]) for o in orders)
 
 
 def _lfn_part(data: bytes, off: int) -> str:
