@@ -94,10 +94,16 @@ def _warm_command(
     )
 
 
+def machine_command(job: VMJob, accel: str, qmp_socket: Path, console: Path) -> list[str]:
+    """The machine of every vmharness VM (accelerator, CPU, memory, serial console, QMP,
+    network) with no disk: the VM universe helper adds the job's own (vm/universe.py)."""
+    return _machine(job, accel, None, qmp_socket, console)
+
+
 def _machine(
     job: VMJob,
     accel: str,
-    overlay: Path,
+    overlay: Path | None,
     qmp_socket: Path,
     console: Path,
     *,
@@ -128,8 +134,10 @@ def _machine(
         "chardev:vmh-serial",
         "-qmp",
         f"unix:{_opt(qmp_socket)},server=on,wait=off",
-        "-drive",
-        f"file={_opt(overlay)},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+    ]
+    if overlay is not None:  # None: the caller attaches the disks (the VM universe helper)
+        cmd += ["-drive", f"file={_opt(overlay)},if=virtio,format=qcow2,cache=unsafe,discard=unmap"]
+    cmd += [
         "-device",
         "virtio-rng-pci",
     ]
@@ -153,7 +161,9 @@ class VMProcesses:
     """The qemu processes one vmharness started and has not yet seen end, so that an interrupt
     stops them all; once stopping, no new VM starts (nothing would stop it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, popen: dict[str, Any] | None = None) -> None:
+        # Extra Popen arguments for every qemu (the VM universe helper: the job's user, fds)
+        self._popen = dict(popen or {})
         self._running: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
@@ -174,6 +184,7 @@ class VMProcesses:
                     stderr=err,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
+                    **self._popen,
                 )
             self._running[proc.pid] = (proc, qmp_socket)
         return proc
