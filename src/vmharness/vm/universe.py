@@ -23,7 +23,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ class Disk:
     writable: bool
     fmt: str | None  # None: sniffed (qcow2 by its magic, else raw)
     cdrom: bool
+    in_sandbox: bool = False  # transferred with the job: the user's own copy
 
     @property
     def bus(self) -> str:
@@ -112,6 +113,7 @@ def parse_vm_disk(text: str, sandbox: Path) -> list[Disk]:
                 writable=perm in ("w", "rw") and not cdrom,
                 fmt=fmt or ("raw" if cdrom else None),
                 cdrom=cdrom,
+                in_sandbox=path == in_sandbox,
             )
         )
     devices = [d.device for d in disks]
@@ -163,6 +165,9 @@ for a in actions:
             if not stat.S_ISREG(st.st_mode):
                 answers.append({"error": "it is not a regular file"}); continue
             want = os.R_OK | (os.W_OK if a["write"] else 0)
+            if a["write"] and a.get("own") and st.st_uid == os.getuid() and not os.access(
+                    path, os.W_OK):
+                os.chmod(path, st.st_mode | 0o200)  # the user's own copy, transferred read-only
             if not os.access(path, want):
                 answers.append({"error": "the job's user may not %s it" % (
                     "read and write" if a["write"] else "read")}); continue
@@ -246,7 +251,11 @@ def check_disks(disks: list[Disk], user: JobUser) -> list[Disk]:
     """Each disk as the job's user may use it (read, and write if writable), with its format
     settled; DiskSpecError naming the first it may not. Nothing is opened as root."""
     answers = as_user(
-        user, [{"do": "check", "path": str(d.path), "write": d.writable} for d in disks]
+        user,
+        [
+            {"do": "check", "path": str(d.path), "write": d.writable, "own": d.in_sandbox}
+            for d in disks
+        ],
     )
     settled = []
     for disk, answer in zip(disks, answers, strict=True):
@@ -257,7 +266,7 @@ def check_disks(disks: list[Disk], user: JobUser) -> list[Disk]:
                 f"(as the job's user {user.name}, uid {user.uid})"
             )
         fmt = disk.fmt or ("qcow2" if answer.get("magic") == QCOW2_MAGIC else "raw")
-        settled.append(Disk(disk.given, disk.path, disk.device, disk.writable, fmt, disk.cdrom))
+        settled.append(replace(disk, fmt=fmt))
     return settled
 
 
