@@ -542,6 +542,26 @@ def test_main_usage_errors_print_nothing_on_stdout(capsys: pytest.CaptureFixture
         assert out.out == "" and "usage" in out.err
 
 
+def test_submit_with_vmharnesss_helper_brings_the_console_back() -> None:
+    from vmharness.condor import submit
+
+    mine = submit.SubmitOptions(style="vm", vm_helper=True, node_python="/py", owner=None)
+    other = submit.SubmitOptions(style="vm", vm_helper=False, node_python="/py", owner=None)
+    desc = submit.vm_description(Path("/r"), mine)
+    assert desc["transfer_output_files"] == "output.img,console.log,outcome.json"
+    assert desc["transfer_output_remaps"] == '"console.log = /r/runs/$(vmh_run)/console.log"'
+    assert desc["requirements"] == "(TARGET.VmharnessVMGahp =!= undefined)"
+    assert desc["My.VmharnessWallTimeout"] == "$(vmh_vm_wall)"
+    plain = submit.vm_description(Path("/r"), other)  # HTCondor's own helper: no console.log
+    assert plain["transfer_output_files"] == "output.img" and "requirements" not in plain
+    assert "My.VmharnessWallTimeout" not in plain
+    with_req = submit.SubmitOptions(
+        style="vm", vm_helper=True, node_python="/py", owner=None, requirements='Machine != "x"'
+    )
+    req = submit.vm_description(Path("/r"), with_req)["requirements"]
+    assert req == '(TARGET.VmharnessVMGahp =!= undefined) && (Machine != "x")'
+
+
 # -- the registry -------------------------------------------------------------------------------
 def test_registry_sweep_stops_the_vms_of_dead_helpers(tmp_path: Path) -> None:
     reg = gahp.Registry(tmp_path / "reg")

@@ -347,9 +347,11 @@ class GahpConfig:
         kernel = param("VMHARNESS_VM_GAHP_PROBE_KERNEL")
         if kernel:
             cfg.probe_kernel = Path(kernel)
-        else:
-            own = Path(f"/boot/vmlinuz-{os.uname().release}")
-            cfg.probe_kernel = own if own.is_file() else None
+        else:  # the machine's own kernel (root may read it)
+            for own in (Path(f"/boot/vmlinuz-{os.uname().release}"), Path("/boot/vmlinuz")):
+                if own.is_file():
+                    cfg.probe_kernel = own
+                    break
         cfg.accel = (param("VMHARNESS_VM_GAHP_ACCEL") or "auto").strip().lower()
         return cfg
 
