@@ -658,7 +658,10 @@ class QemuBackend:
             + (f", stopped after {vm.wall_timeout_s}s" if vm.wall_timeout_s else "")
         )
         me = {"helper_pid": os.getpid(), "helper_start": _start_time(os.getpid())}
-        self.registry.forget(vm.name)  # a VM of an earlier run of this job that nobody stopped
+        for stale in self.registry.entries():  # an earlier run's VM of this job, never stopped
+            if stale["name"] == vm.name:
+                self.log(f"{vm.name}: stopping a VM of an earlier run of this job")
+                self.registry.kill(stale)
         self.registry.record(vm.name, uid=self.user.uid, sandbox=str(sandbox), **me)
         sandbox_disks = [d for d in vm.disks if d.path.parent == sandbox]
 
@@ -684,6 +687,7 @@ class QemuBackend:
                 sandbox=str(sandbox),
                 qemu_pid=running.pid,
                 qemu_start=_start_time(running.pid),
+                started_at=time.time(),
                 **me,
             )
         with self._lock:
