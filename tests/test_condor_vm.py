@@ -607,3 +607,11 @@ def test_nothing_is_left_behind(pool: Pool, work: Path) -> None:
         timeout=60,
     )
     print(textwrap.indent(pool.gahp_log()[-3000:], "  "))
+    # leave the pool as found: the restarted startd offers VM universe again
+    wait_for(
+        "the restarted startd to offer VM universe",
+        lambda: htcondor.Collector().query(
+            htcondor.AdType.Startd, constraint="HasVM =?= true", projection=["Name"]
+        ),
+        timeout=120,
+    )
