@@ -251,7 +251,13 @@ def condor_pool() -> Iterator[dict[str, str]]:
     if started:
         down = pool_script("down", timeout=180)
         assert down.returncode == 0, f"scripts/condor-pool down failed:\n{down.stderr}"
+        # The root may be shared with a pool on another port (its mounts stay): ours must go.
         root = os.environ.get("VMHARNESS_POOL_ROOT", "/var/cache/vmharness/condor-root-trixie")
+        state = os.path.realpath(env.get("VMHARNESS_POOL_DIR", "/var/tmp/vmharness-pool"))
         with open("/proc/self/mountinfo") as mounts:
-            left = [line.split()[4] for line in mounts if line.split()[4].startswith(root)]
+            left = [
+                line.split()[4]
+                for line in mounts
+                if line.split()[4].startswith(f"{os.path.realpath(root)}{state}")
+            ]
         assert not left, f"mounts left after down: {left}"

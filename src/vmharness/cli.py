@@ -675,7 +675,12 @@ def cmd_submit(args: argparse.Namespace) -> int:
     )
     spec, runs = _load(args, need_images=True)
     schedd = condor.connect(opts.pool)
-    warning = condor.vm_universe_warning(opts.pool) if opts.style == "vm" else None
+    warning = None
+    if opts.style == "vm":
+        slots = condor.vm_slots(opts.pool)
+        warning = condor.vm_universe_warning(opts.pool, slots)
+        if opts.vm_helper is None:  # vmharness's helper there: console.log comes back
+            opts.vm_helper = bool(slots and slots[1])
     if warning:
         err_console.print(Text.assemble(("warning:", "bold yellow"), " ", warning), highlight=False)
     folder = RunFolder.create(spec, runs, args.out, backend="condor")

@@ -58,6 +58,29 @@ class JobHistory:
         return bool(self.holds) and self.holds[-1][2] == TIMEOUT_HOLD_SUBCODE
 
 
+# What the VM universe helper's error codes mean (the starter puts only the code in HoldReason;
+# the helper's log, VM_GAHP_LOG on the execute point, has the details).
+VM_HELPER_ERRORS = {
+    "VMGAHP_ERR_JOBCLASSAD_KVM_INVALID_DISK_PARAM": "the VM helper refused a disk of vm_disk: "
+    "malformed, not found, or not readable (or writable, for a w disk) by the job's user",
+    "VMGAHP_ERR_JOBCLASSAD_KVM_NO_DISK_PARAM": "the job names no vm_disk",
+    "VMGAHP_ERR_JOBCLASSAD_NO_VM_MEMORY_PARAM": "the job has no usable vm_memory (JobVMMemory)",
+    "VMGAHP_ERR_BAD_IMAGE": "qemu could not use a disk of vm_disk (wrong format?)",
+    "VMGAHP_ERR_CRITICAL": "the VM helper could not start the VM on that machine",
+    "VMGAHP_ERR_INTERNAL": "the VM helper failed",
+}
+
+
+def explain_hold(reason: str) -> str:
+    """A hold reason, with what a VM helper's error code in it means and where to look."""
+    for code, words in VM_HELPER_ERRORS.items():
+        if code in reason and words not in reason:
+            return (
+                f"{reason} ({words}; the helper's log, VM_GAHP_LOG on the execute point, says why)"
+            )
+    return reason
+
+
 def host_of(execute_host: str) -> str:
     """'<127.0.0.1:9620?addrs=...&alias=host>' -> 'host' (or the address)."""
     text = execute_host.strip("<>")
@@ -94,7 +117,7 @@ def read_jobs(log: Path) -> dict[str, JobHistory]:
         elif event.type == T.JOB_HELD:
             hist.holds.append(
                 (
-                    str(event.get("HoldReason", "") or "held"),
+                    explain_hold(str(event.get("HoldReason", "") or "held")),
                     int(event.get("HoldReasonCode", 0) or 0),
                     int(event.get("HoldReasonSubCode", 0) or 0),
                 )

@@ -57,6 +57,11 @@ DELIVERIES = ("transfer", "shared", "url")
 IMAGE_STORE = "images"
 QEMU_OVERHEAD_MIB = 256  # qemu's own memory beyond the guest's (see VM-GAHP.md, pitfalls)
 JOB_MARGIN_S = 600  # --style qemu: run-one stops the VM itself; the hold is only a backstop
+# --style vm on vmharness's own VM helper: it stops the VM at the wall-clock timeout itself (so
+# the console and the partial output come back); the hold waits for the starter to notice.
+VM_HELPER_MARGIN_S = 150
+VM_HELPER_ATTR = "VmharnessVMGahp"  # machine ads of execute points with vmharness-vm-gahp
+VM_WALL_ATTR = "VmharnessWallTimeout"  # job ad: the wall-clock timeout the helper enforces
 # Holds a retry can fix: file transfer failures (12 output, 13 input) except a file that is
 # not there (errno 2) or not readable (13), and the host-side wall-clock hold is never released.
 RETRYABLE_HOLDS = (
@@ -87,6 +92,9 @@ class SubmitOptions:
     job_python: str = ""  # execute side (--style qemu)
     owner: str | None = None  # account the pool runs our jobs as (files must be its)
     accel: str | None = None  # VMHARNESS_ACCEL for --style qemu jobs
+    # --style vm: run only where vmharness's VM helper is (it brings back console.log and
+    # outcome.json, and enforces the wall-clock timeout). None: decided by submit from the pool.
+    vm_helper: bool | None = None
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -172,21 +180,29 @@ def connect(pool: str | None):
     return schedd
 
 
-def vm_universe_warning(pool: str | None) -> str | None:
-    """A warning when no execute point of the pool offers VM universe (--style vm jobs would
-    stay idle); None when one does or the collector cannot say."""
+def vm_slots(pool: str | None) -> tuple[int, int] | None:
+    """(slots offering VM universe, how many of them with vmharness's own helper), or None
+    when the collector cannot say."""
     htcondor = bindings()
     try:
         ads = htcondor.Collector(pool or None).query(
-            htcondor.AdType.Startd, constraint="HasVM =?= true", projection=["Name"]
+            htcondor.AdType.Startd, constraint="HasVM =?= true", projection=["Name", VM_HELPER_ATTR]
         )
     except Exception:  # noqa: BLE001 - only a hint; the submit itself decides
         return None
-    if ads:
+    return len(ads), sum(1 for ad in ads if ad.get(VM_HELPER_ATTR) is not None)
+
+
+def vm_universe_warning(pool: str | None, slots: tuple[int, int] | None = None) -> str | None:
+    """A warning when no execute point of the pool offers VM universe (--style vm jobs would
+    stay idle); None when one does or the collector cannot say."""
+    slots = slots if slots is not None else vm_slots(pool)
+    if slots is None or slots[0]:
         return None
     return (
         "no execute point of this pool offers VM universe (no slot has HasVM): the VM jobs "
-        "will wait in the queue until one does; --style qemu runs where qemu is installed"
+        "will wait in the queue until one does (install vmharness-vm-gahp there, see "
+        "docs/condor.md); --style qemu runs where qemu is installed"
     )
 
 
@@ -314,7 +330,7 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
     if opts.requirements:
         common["requirements"] = opts.requirements
     if opts.style == "vm":
-        return {
+        vm = {
             "universe": "vm",
             "executable": "vmharness-$(vmh_run)",  # only a label: the VM runs from its disk
             "vm_type": "kvm",
@@ -327,6 +343,15 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
             "transfer_output_files": "output.img",
             **common,
         }
+        if opts.vm_helper:
+            # vmharness-vm-gahp writes the serial console and how the VM ended into the
+            # sandbox, and stops the VM at the wall-clock timeout itself
+            mine = f"(TARGET.{VM_HELPER_ATTR} =!= undefined)"
+            vm["requirements"] = mine + (f" && ({opts.requirements})" if opts.requirements else "")
+            vm["transfer_output_files"] = f"output.img,console.log,{OUTCOME_FILE}"
+            vm["transfer_output_remaps"] = f'"console.log = {logs}/console.log"'
+            vm[f"My.{VM_WALL_ATTR}"] = "$(vmh_vm_wall)"
+        return vm
     env = f"PATH={SYSTEM_PATH}" + (f" VMHARNESS_ACCEL={opts.accel}" if opts.accel else "")
     return {
         "universe": "vanilla",
@@ -350,7 +375,8 @@ def _vm_vars(run: Run, image: StagedImage, opts: SubmitOptions) -> dict[str, str
         + (run.vm.output_size_mib + 64) * 1024
         + 65536
     )
-    wall = run.wall_timeout_s + (JOB_MARGIN_S if opts.style == "qemu" else 0)
+    margin = JOB_MARGIN_S if opts.style == "qemu" else VM_HELPER_MARGIN_S if opts.vm_helper else 0
+    wall = run.wall_timeout_s + margin
     v = {
         "vmh_run": run.id,
         "vmh_cpus": str(run.vm.cpus),
@@ -363,6 +389,7 @@ def _vm_vars(run: Run, image: StagedImage, opts: SubmitOptions) -> dict[str, str
     if opts.style == "vm":
         v["vmh_networking"] = "true" if run.vm.network != "none" else "false"
         v["vmh_vm_disk"] = f"{image.name}:vda:w:qcow2,input.img:vdb:r:raw,output.img:vdc:w:raw"
+        v["vmh_vm_wall"] = str(run.wall_timeout_s)
     return v
 
 

@@ -53,7 +53,10 @@ class ConsoleLog:
         self.path = path
         self._source: BinaryIO | None = None
         self._fd = os.open(
-            path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | (0 if append else os.O_TRUNC), 0o644
+            path,
+            # never through a symlink: the VM universe helper writes as root into a job's sandbox
+            os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW | (0 if append else os.O_TRUNC),
+            0o644,
         )
         self._base = os.lseek(self._fd, 0, os.SEEK_END)
         # The file's first `_head_end` bytes are kept whatever comes; the stream's first
@@ -70,6 +73,9 @@ class ConsoleLog:
         self.error: OSError | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._copy, name=f"console {path}", daemon=True)
+
+    def fileno(self) -> int:
+        return self._fd
 
     def start(self, source: BinaryIO) -> ConsoleLog:
         """Copy from `source` (qemu's stdout) until it ends; the log owns it from now on."""

@@ -99,7 +99,16 @@ def _warm_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> li
     )
 
 
-def _machine(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> list[str]:
+def machine_command(
+    job: VMJob, accel: str, qmp_socket: Path, console: Path | None = None
+) -> list[str]:
+    """The machine of every vmharness VM (accelerator, CPU, memory, serial console, QMP,
+    network) with no disk: the VM universe helper adds the job's own (vm/universe.py). The
+    serial console is qemu's stdout; VMProcesses.start writes it to the run's console file."""
+    return _machine(job, accel, None, qmp_socket)
+
+
+def _machine(job: VMJob, accel: str, overlay: Path | None, qmp_socket: Path) -> list[str]:
     cpu = "host" if accel == "kvm" else "max"
     cmd = [
         QEMU,
@@ -126,8 +135,10 @@ def _machine(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> list[st
         "chardev:vmh-serial",
         "-qmp",
         f"unix:{_opt(qmp_socket)},server=on,wait=off",
-        "-drive",
-        f"file={_opt(overlay)},if=virtio,format=qcow2,cache=unsafe,discard=unmap",
+    ]
+    if overlay is not None:  # None: the caller attaches the disks (the VM universe helper)
+        cmd += ["-drive", f"file={_opt(overlay)},if=virtio,format=qcow2,cache=unsafe,discard=unmap"]
+    cmd += [
         "-device",
         "virtio-rng-pci",
     ]
@@ -153,7 +164,9 @@ class VMProcesses:
     this process (lifetime.py: the kernel kills it if vmharness dies) and has its console
     written by a ConsoleLog (console.py)."""
 
-    def __init__(self) -> None:
+    def __init__(self, popen: dict[str, Any] | None = None) -> None:
+        # Extra Popen arguments for every qemu (the VM universe helper: the job's user, fds)
+        self._popen = dict(popen or {})
         self._running: dict[int, tuple[subprocess.Popen[bytes], Path]] = {}
         self._consoles: dict[int, ConsoleLog] = {}
         self._lock = threading.Lock()
@@ -179,6 +192,8 @@ class VMProcesses:
                 raise VMInterrupted(cmd[cmd.index("-name") + 1])
             log = ConsoleLog(console, append=append)
             try:
+                if "user" in self._popen:  # the job's user reads it, as it would qemu's own file
+                    os.fchown(log.fileno(), self._popen["user"], self._popen.get("group", -1))
                 with open(workdir / "qemu-stderr.log", "wb") as err:
                     proc = spawn(
                         cmd,
@@ -186,6 +201,7 @@ class VMProcesses:
                         stderr=err,
                         stdin=subprocess.DEVNULL,
                         start_new_session=True,
+                        **self._popen,
                     )
             except BaseException:
                 log.abandon()
