@@ -87,6 +87,7 @@ class SubmitOptions:
     job_python: str = ""  # execute side (--style qemu)
     owner: str | None = None  # account the pool runs our jobs as (files must be its)
     accel: str | None = None  # VMHARNESS_ACCEL for --style qemu jobs
+    package_proxy: str | None = None  # a site's caching HTTP proxy for apt in the guests
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -438,6 +439,7 @@ def write_dag(
         held_max_s=opts.held_max_s,
         queue_max_s=opts.queue_max_s,
         images={platform: _plan_image(s, opts) for platform, s in staged.items()},
+        package_proxy=opts.package_proxy,
     )
     write_plan(run_dir, plan)
     if opts.style == "qemu":

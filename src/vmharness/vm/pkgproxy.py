@@ -28,6 +28,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -125,7 +126,7 @@ class PackageProxy:
             info = self._running()
             if info is None:
                 info = self._spawn(exe)
-            users = open(self.folder / "run" / "users.lock", "a")
+            users = open(self.folder / "run" / "users.lock", "a")  # noqa: SIM115 (held)
             fcntl.flock(users, fcntl.LOCK_SH)
             self._users = users
         self.info = info
@@ -137,18 +138,17 @@ class PackageProxy:
             return False
         self._users.close()  # drops the shared lock
         self._users = None
-        with self._lock("start.lock"):
-            with open(self.folder / "run" / "users.lock", "a") as users:
-                try:
-                    fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    return False  # another vmharness still uses it
-                info = self._running()
-                if info is None:
-                    return False
-                self._stop(info.pid)
-                self._state_file().unlink(missing_ok=True)
-                return True
+        with self._lock("start.lock"), open(self.folder / "run" / "users.lock", "a") as users:
+            try:
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False  # another vmharness still uses it
+            info = self._running()
+            if info is None:
+                return False
+            self._stop(info.pid)
+            self._state_file().unlink(missing_ok=True)
+            return True
 
     def __enter__(self) -> ProxyInfo:
         return self.start()
@@ -157,7 +157,7 @@ class PackageProxy:
         self.release()
 
     @contextlib.contextmanager
-    def _lock(self, name: str):  # type: ignore[no-untyped-def]
+    def _lock(self, name: str) -> Iterator[None]:
         with open(self.folder / "run" / name, "a") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             yield
