@@ -227,6 +227,8 @@ class PackageProxy:
         if self._is_ours(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):  # started by this process: reap it
+            os.waitpid(pid, os.WNOHANG)
 
     # -- what it holds -------------------------------------------------------------------
     def size_bytes(self) -> int:
@@ -249,10 +251,24 @@ class PackageProxy:
                 shutil.rmtree(self.data, ignore_errors=True)
 
 
+# apt-cacher-ng 3.7 cannot bind a port of 32768 or more ("Error resolving address for
+# binding"), which is where the kernel's ephemeral ports are: so a free one from a range of its
+# own, from its usual 3142 up (the system service, if it runs, keeps 3142).
+PORTS = range(3142, 3342)
+
+
 def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for port in PORTS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise ProxyUnavailable(
+        f"no free port for the package cache on 127.0.0.1 between {PORTS.start} and "
+        f"{PORTS.stop - 1}; stop what holds them, or run with --package-proxy none"
+    )
 
 
 def _answers(port: int) -> bool:
