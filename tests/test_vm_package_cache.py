@@ -24,8 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli
+
 from vmharness.wire.guest import PROXY_FALLBACK_NOTE
 
 pytestmark = [
