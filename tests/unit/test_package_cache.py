@@ -210,3 +210,23 @@ def test_one_proxy_is_shared_and_the_last_user_stops_it(tmp_path: Path) -> None:
     assert stopped and not first._is_ours(info.pid)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", info.port), timeout=1)
+
+
+def test_an_unchanged_release_file_keeps_its_time_and_a_changed_one_does_not(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    monkeypatch.setattr(agent, "LISTS_DIR", str(lists))
+    (lists / "same_InRelease").write_bytes(b"same")
+    (lists / "changed_InRelease").write_bytes(b"old!")
+    for name in ("same_InRelease", "changed_InRelease"):
+        os.utime(lists / name, (1_000_000, 1_000_000))
+    before = agent.small_lists()
+    (lists / "same_InRelease").write_bytes(b"same")  # fetched again: new time, same bytes
+    (lists / "changed_InRelease").write_bytes(b"new!")  # published since: new bytes
+    assert "1 unchanged" in agent.keep_list_times(before)
+    assert (lists / "same_InRelease").stat().st_mtime == 1_000_000
+    assert (lists / "changed_InRelease").stat().st_mtime != 1_000_000
