@@ -144,13 +144,16 @@ def run(spec_file: Path, out: Path, *extra: str) -> tuple[int, dict[str, dict]]:
 def test_a_second_run_fetches_no_package_and_a_newer_version_is_seen(
     base_image: object, tmp_path: Path, repository: Repository, no_vm_left_behind: None
 ) -> None:
-    publish(repository.root / "repo", make_deb(tmp_path, "1.0"), time.time() - 60)
+    # Versions unique to this test: the proxy's cache outlives it, and a repository of an
+    # earlier session on the same port would have had a 1.0 with other bytes.
+    tag = f"+t{time.time_ns()}"
+    publish(repository.root / "repo", make_deb(tmp_path, "1.0" + tag), time.time() - 60)
     first = spec(tmp_path, repository.port, {"cached": "vmharness-cached"}, "first.yaml")
 
     code, runs = run(first, tmp_path / "run1")
     assert code == 0 and runs["cached"]["status"] == "pass", runs
     (deb,) = repository.debs_served()  # fetched once, through the proxy
-    assert deb.endswith("/vmharness-cached_1.0_all.deb")
+    assert deb.endswith(f"/vmharness-cached_1.0{tag}_all.deb")
     log1 = (tmp_path / "run1" / runs["cached"]["log_dir"] / "output" / "agent.log").read_text()
     assert "package proxy: http://10.0.2.2:" in log1 and PROXY_FALLBACK_NOTE not in log1
 
@@ -161,7 +164,7 @@ def test_a_second_run_fetches_no_package_and_a_newer_version_is_seen(
     assert len(repository.debs_served()) == 1  # the second run's package came from the cache
 
     # Published after the image and the proxy cached the lists: the next run installs it.
-    publish(repository.root / "repo", make_deb(tmp_path, "1.1"), time.time())
+    publish(repository.root / "repo", make_deb(tmp_path, "1.1" + tag), time.time())
     both = spec(
         tmp_path,
         repository.port,
@@ -172,8 +175,8 @@ def test_a_second_run_fetches_no_package_and_a_newer_version_is_seen(
     assert code == 1, runs  # the missing package
     assert runs["cached"]["status"] == "pass", runs
     out = tmp_path / "run3" / runs["cached"]["log_dir"] / "output"
-    assert "cached 1.1" in (out / "test.log").read_text()
-    assert "vmharness-cached\t1.1" in (out / "packages-after.txt").read_text()
+    assert f"cached 1.1{tag}" in (out / "test.log").read_text()
+    assert f"vmharness-cached\t1.1{tag}" in (out / "packages-after.txt").read_text()
     assert runs["missing"]["status"] == "install", runs
     assert "install failed" in runs["missing"]["reason"]
 
@@ -184,7 +187,8 @@ def test_the_proxy_killed_mid_matrix_the_runs_after_it_go_direct_and_pass(
     from vmharness.images.cache import ImageCache
     from vmharness.vm.pkgproxy import PackageProxy
 
-    publish(repository.root / "repo", make_deb(tmp_path, "2.0"), time.time() - 60)
+    tag = f"+t{time.time_ns()}"
+    publish(repository.root / "repo", make_deb(tmp_path, "2.0" + tag), time.time() - 60)
     spec_file = spec(
         tmp_path,
         repository.port,

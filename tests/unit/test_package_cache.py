@@ -36,6 +36,10 @@ if [ -n "$MIRROR_DOWN" ]; then
   echo "  Temporary failure resolving 'deb.debian.org'"
   exit 100
 fi
+if [ -f "$PROXY_CONF" ] && [ -n "$PROXY_STALE" ]; then
+  echo "E: Failed to fetch http://127.0.0.1:8080/repo/./x_1.0_all.deb  Hash Sum mismatch"
+  exit 100
+fi
 for a in "$@"; do
   if [ "$a" = "$MISSING" ]; then echo "E: Unable to locate package $a"; exit 100; fi
 done
@@ -63,7 +67,7 @@ def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
     monkeypatch.setenv("CALLS", str(tmp_path / "calls"))
     monkeypatch.setenv("PROXY_CONF", str(tmp_path / "proxy.conf"))
-    for var in ("PROXY_DOWN", "MIRROR_DOWN", "MISSING"):
+    for var in ("PROXY_DOWN", "PROXY_STALE", "MIRROR_DOWN", "MISSING"):
         monkeypatch.delenv(var, raising=False)
     return module
 
@@ -230,3 +234,15 @@ def test_an_unchanged_release_file_keeps_its_time_and_a_changed_one_does_not(
     assert "1 unchanged" in agent.keep_list_times(before)
     assert (lists / "same_InRelease").stat().st_mtime == 1_000_000
     assert (lists / "changed_InRelease").stat().st_mtime != 1_000_000
+
+
+def test_a_stale_package_in_the_proxy_is_fetched_directly_not_an_install_failure(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = agent.Agent()
+    with listening_port() as s:
+        a.choose_proxy(f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setenv("PROXY_STALE", "1")  # the same file name republished with new bytes
+    a.install([], ["x"])
+    assert a.proxy is None
+    assert "Hash Sum mismatch" in (tmp_path / "out" / "install.log").read_text()
