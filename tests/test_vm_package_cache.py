@@ -101,9 +101,15 @@ def repository(tmp_path: Path) -> Iterator[Repository]:
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
             requests.append(self.path)  # the access log
 
-    httpd = http.server.ThreadingHTTPServer(
-        ("127.0.0.1", 0), functools.partial(Handler, directory=str(served))
-    )
+    handler = functools.partial(Handler, directory=str(served))
+    # A port below 32768: apt-cacher-ng 3.7 cannot fetch from higher ones (the guests then go
+    # to the repository directly, which this test would count as a miss of the cache).
+    for port in range(21000 + os.getpid() % 1000, 32000):
+        try:
+            httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+            break
+        except OSError:
+            continue
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
     yield Repository(served, httpd.server_address[1], requests)
     httpd.shutdown()

@@ -36,6 +36,11 @@ if [ -n "$MIRROR_DOWN" ]; then
   echo "  Temporary failure resolving 'deb.debian.org'"
   exit 100
 fi
+if [ -f "$PROXY_CONF" ] && [ -n "$PROXY_PARTIAL" ] && [ "${*#*update}" != "$*" ]; then
+  echo "W: Failed to fetch http://127.0.0.1:33123/repo/./InRelease  503  Connection refused"
+  echo "W: Some index files failed to download. They have been ignored, or old ones used instead."
+  exit 0
+fi
 if [ -f "$PROXY_CONF" ] && [ -n "$PROXY_STALE" ]; then
   echo "E: Failed to fetch http://127.0.0.1:8080/repo/./x_1.0_all.deb  Hash Sum mismatch"
   exit 100
@@ -67,7 +72,7 @@ def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
     monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
     monkeypatch.setenv("CALLS", str(tmp_path / "calls"))
     monkeypatch.setenv("PROXY_CONF", str(tmp_path / "proxy.conf"))
-    for var in ("PROXY_DOWN", "PROXY_STALE", "MIRROR_DOWN", "MISSING"):
+    for var in ("PROXY_DOWN", "PROXY_STALE", "PROXY_PARTIAL", "MIRROR_DOWN", "MISSING"):
         monkeypatch.delenv(var, raising=False)
     return module
 
@@ -246,3 +251,15 @@ def test_a_stale_package_in_the_proxy_is_fetched_directly_not_an_install_failure
     a.install([], ["x"])
     assert a.proxy is None
     assert "Hash Sum mismatch" in (tmp_path / "out" / "install.log").read_text()
+
+
+def test_lists_the_proxy_could_not_fetch_are_fetched_directly(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = agent.Agent()
+    with listening_port() as s:
+        a.choose_proxy(f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setenv("PROXY_PARTIAL", "1")  # apt-get update exits 0 with only a warning
+    a.install([], ["x"])
+    assert a.proxy is None
+    assert (tmp_path / "calls").read_text().count("apt-get update") == 2
