@@ -20,6 +20,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,7 +100,7 @@ def repository(tmp_path: Path) -> Iterator[Repository]:
 
     class Handler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, format: str, *args: object) -> None:  # noqa: A002
-            requests.append(self.path)  # the access log
+            requests.append(urllib.parse.unquote(self.path))  # the access log
 
     handler = functools.partial(Handler, directory=str(served))
     # A port below 32768: apt-cacher-ng 3.7 cannot fetch from higher ones (the guests then go
