@@ -260,6 +260,8 @@ PORTS = range(3142, 3342)
 def _free_port() -> int:
     for port in PORTS:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # As the proxy binds: connections of an earlier one in TIME_WAIT do not hold it.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
