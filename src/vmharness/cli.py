@@ -118,6 +118,15 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         help="rebuild a cached image older than this (default 7d)",
     )
     p.add_argument("--rebuild", action="store_true", help="rebuild the images first")
+    p.add_argument(
+        "--package-proxy",
+        default="auto",
+        metavar="URL|auto|none",
+        help="HTTP proxy apt in the guests fetches through. auto (default): vmharness's own "
+        "apt-cacher-ng, its cache in the image cache folder (package-cache/), started for the "
+        "runs that install packages; none: straight from the mirrors; a URL: that proxy, as "
+        "the guest reaches it (the host is 10.0.2.2)",
+    )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
     p.add_argument(
         "--previous",
@@ -325,6 +334,7 @@ def _run_here(folder, args: argparse.Namespace, previous: ReportInput | None) ->
             boot=args.boot,
             max_age_s=_max_age(args),
             rebuild=args.rebuild,
+            package_proxy=getattr(args, "package_proxy", "auto"),
         )
     except KeyboardInterrupt as exc:
         why = "stopped (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
@@ -590,6 +600,13 @@ def _condor_parsers(cmd) -> None:
     )
     p.add_argument("--rebuild", action="store_true", help="rebuild the images first")
     p.add_argument(
+        "--package-proxy",
+        metavar="URL",
+        help="a caching HTTP proxy (a site's apt-cacher-ng or squid) apt in every job's guest "
+        "fetches through, as the guest reaches it; unreachable: the guest goes to the mirrors "
+        "directly (see README, 'Package cache')",
+    )
+    p.add_argument(
         "--wait",
         action="store_true",
         help="stay until the DAG is done, then show the reports (exit as `run`)",
@@ -672,6 +689,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         queue_max_s=parse_duration(args.queue_max, field="--queue-max"),
         node_python=args.node_python or "",
         job_python=args.job_python or "",
+        package_proxy=args.package_proxy or None,
     )
     spec, runs = _load(args, need_images=True)
     schedd = condor.connect(opts.pool)

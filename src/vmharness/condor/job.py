@@ -176,6 +176,9 @@ class Plan:
     held_max_s: int
     queue_max_s: int
     images: dict[str, PlanImage] = field(default_factory=dict)  # by platform name
+    # `submit --package-proxy`: the HTTP proxy apt in every job's guest fetches through (a
+    # site's caching proxy); None: straight from the mirrors.
+    package_proxy: str | None = None
 
 
 def write_plan(run_dir: Path, plan: Plan) -> None:

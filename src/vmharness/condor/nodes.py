@@ -52,7 +52,12 @@ EVENT_WAIT_S = 20  # how long post waits for the job's final event to reach its 
 
 # -- submit side: the nodes ----------------------------------------------------------------------
 def _context(folder: RunFolder, plan: Plan) -> RunContext:
-    return RunContext(run_dir=folder.path, boot=plan.boot, known_failures=folder.known_failures())
+    return RunContext(
+        run_dir=folder.path,
+        boot=plan.boot,
+        known_failures=folder.known_failures(),
+        package_proxy=plan.package_proxy,
+    )
 
 
 def _open(run_dir: Path, run_id: str) -> tuple[RunFolder, Run]:

@@ -95,6 +95,7 @@ class SubmitOptions:
     # --style vm: run only where vmharness's VM helper is (it brings back console.log and
     # outcome.json, and enforces the wall-clock timeout). None: decided by submit from the pool.
     vm_helper: bool | None = None
+    package_proxy: str | None = None  # a site's caching HTTP proxy for apt in the guests
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -465,6 +466,7 @@ def write_dag(
         held_max_s=opts.held_max_s,
         queue_max_s=opts.queue_max_s,
         images={platform: _plan_image(s, opts) for platform, s in staged.items()},
+        package_proxy=opts.package_proxy,
     )
     write_plan(run_dir, plan)
     if opts.style == "qemu":

@@ -83,6 +83,9 @@ class RunContext:
     # kernel: direct kernel boot | disk: the image's bootloader, as HTCondor's VM universe does
     boot: str = "snapshot"
     snapshot_store: Path | None = None  # where warm-boot snapshots are kept (the cache's)
+    # The caching HTTP proxy for apt, as the guest reaches it (local: vmharness's own
+    # apt-cacher-ng at 10.0.2.2; a pool: a site proxy from `submit --package-proxy`).
+    package_proxy: str | None = None
 
 
 VMExecutor = Callable[[VMJob], VMOutcome]
@@ -100,7 +103,9 @@ def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[V
     work = log_dir / "work"
     work.mkdir(parents=True)
     t0 = time.monotonic()
-    text = conditions_for(run, main_source=image.apt_source, suite=image.suite).to_toml()
+    text = conditions_for(
+        run, main_source=image.apt_source, suite=image.suite, package_proxy=ctx.package_proxy
+    ).to_toml()
     (log_dir / CONDITIONS_FILE).write_text(text, encoding="utf-8")
     make_input_disk(work / "input.img", text, run.test.suite)
     make_output_disk(work / "output.img", run.vm.output_size_mib)
@@ -125,8 +130,11 @@ def prepare(run: Run, image: ImageRef, ctx: RunContext, attempt: int) -> tuple[V
     return job, {"disks": time.monotonic() - t0}
 
 
-def conditions_for(run: Run, *, main_source: str, suite: str) -> Conditions:
-    """The conditions of one run. `main_source` is the image's own apt line, `suite` its suite."""
+def conditions_for(
+    run: Run, *, main_source: str, suite: str, package_proxy: str | None = None
+) -> Conditions:
+    """The conditions of one run. `main_source` is the image's own apt line, `suite` its suite;
+    `package_proxy` goes only to runs that fetch packages (network on, something to install)."""
 
     def lines(names: tuple[str, ...]) -> tuple[str, ...]:
         repos = dict(run.repositories)
@@ -141,6 +149,8 @@ def conditions_for(run: Run, *, main_source: str, suite: str) -> Conditions:
     # Keeping the image's own sources when the spec only names `main` avoids a needless rewrite.
     if install == (main_source,):
         install = ()
+    upgrade = lines(run.source.upgrade_to)
+    apt_runs = run.vm.network != "none" and bool(install or upgrade or run.package_set.packages)
     return Conditions(
         run_id=run.id,
         platform=run.platform.name,
@@ -149,13 +159,21 @@ def conditions_for(run: Run, *, main_source: str, suite: str) -> Conditions:
         network=run.vm.network != "none",
         debug=run.vm.debug,
         install_repos=install,
-        upgrade_repos=lines(run.source.upgrade_to),
+        upgrade_repos=upgrade,
         packages=run.package_set.packages,
         test_command=run.test.command,
         test_timeout_s=run.test.timeout_s,
         test_env=run.test.env,
         results_file=run.test.results,
         has_suite=run.test.suite is not None,
+        package_proxy=package_proxy if apt_runs else None,
+    )
+
+
+def fetches_packages(run: Run) -> bool:
+    """Whether the run's guest may run apt against a network (and so use a package proxy)."""
+    return run.vm.network != "none" and bool(
+        run.package_set.packages or run.source.upgrade_to or set(run.source.repos) - {MAIN_REPO}
     )
 
 

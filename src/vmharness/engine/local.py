@@ -32,13 +32,18 @@ from ..rundir import RunFolder
 from ..spec import Run
 from ..state import PENDING, RunDB
 from ..vm.accel import choose_accelerator
+from ..vm.pkgproxy import PackageProxy, ProxyUnavailable
 from ..vm.qemu import LocalVMs, check_free_space, snapshot_shape, vm_disk_need
 from ..vm.snapshots import SnapshotStore
-from .attempt import ImageRef, RunContext, VMExecutor, execute, settle
+from .attempt import ImageRef, RunContext, VMExecutor, execute, fetches_packages, settle
 
 VM_OVERHEAD_MIB = 256  # qemu itself, per VM, beyond the guest's memory
 HOST_RESERVE_MIB = 1024
 DEFAULT_RETRIES = 2
+
+
+AUTO_PROXY = "auto"  # vmharness's own apt-cacher-ng, when a run installs packages
+NO_PROXY = ("none", "off", "")
 
 
 def mem_available_mib() -> int:
@@ -255,6 +260,7 @@ def run_locally(
     boot: str = "snapshot",
     max_age_s: float = DEFAULT_MAX_AGE_S,
     rebuild: bool = False,
+    package_proxy: str = AUTO_PROXY,
 ) -> None:
     runs = folder.db.runs()
     images = images_for(runs, cache, console, max_age_s=max_age_s, rebuild=rebuild)
@@ -278,12 +284,55 @@ def run_locally(
         with contextlib.suppress(OSError):  # tidying up must never stop the runs
             SnapshotStore(store).prune({image.folder.name for image in cache.list()})
         console.print(Text(_snapshot_plan(todo, images, accel, SnapshotStore(store))))
-    ctx = RunContext(
-        run_dir=folder.path,
-        boot=boot,
-        snapshot_store=store,
-        known_failures=folder.known_failures(),
+    with contextlib.ExitStack() as stack:
+        proxy = _package_proxy(package_proxy, todo, cache, console, stack)
+        ctx = RunContext(
+            run_dir=folder.path,
+            boot=boot,
+            snapshot_store=store,
+            known_failures=folder.known_failures(),
+            package_proxy=proxy,
+        )
+        _run_all(folder, runs, images, ctx, accel, slots, retries, console)
+
+
+def _package_proxy(
+    choice: str, todo: list[Run], cache: ImageCache, console: Console, stack: contextlib.ExitStack
+) -> str | None:
+    """The package proxy URL the guests get: a given one, none, or (auto) the cache's own
+    apt-cacher-ng, started for as long as the runs last (and shared with other vmharness)."""
+    if choice.lower() in NO_PROXY or not any(fetches_packages(run) for run in todo):
+        return None
+    if choice != AUTO_PROXY:
+        console.print(Text(f"package proxy: {choice} (given)"))
+        return choice
+    proxy = PackageProxy(cache.root)
+    try:
+        info = proxy.start()
+    except (ProxyUnavailable, OSError) as exc:
+        console.print(Text.assemble(("package cache off:", "yellow"), f" {exc}"), highlight=False)
+        return None
+    stack.callback(proxy.release)
+    console.print(
+        Text(
+            f"package cache: {proxy.folder} ({proxy.size_bytes() / 1e6:.0f} MB), apt-cacher-ng on "
+            f"127.0.0.1:{info.port}, the guests' {info.guest_url}"
+        ),
+        highlight=False,
     )
+    return info.guest_url
+
+
+def _run_all(
+    folder: RunFolder,
+    runs: list[Run],
+    images: dict[str, ImageRef],
+    ctx: RunContext,
+    accel: str,
+    slots: int,
+    retries: int,
+    console: Console,
+) -> None:
 
     def line(run: Run, result: RunResult) -> None:
         console.print(result_line(run, result))

@@ -32,7 +32,7 @@ from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from ..errors import InfraError
 from ..wire import guest
-from ..wire.guest import SNAPSHOT_FLAG
+from ..wire.guest import NETWORK_FLAG, SNAPSHOT_FLAG
 from .accel import QEMU, qemu_version
 from .console import CONSOLE_LIMIT, ConsoleLog
 from .job import VMJob, VMOutcome
@@ -79,6 +79,11 @@ def qemu_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> lis
     )
 
 
+def _network_flag(job: VMJob) -> str:
+    """A VM with a network is saved with udev and the network up (network-ready snapshot)."""
+    return f" {NETWORK_FLAG}" if job.network == "user" else ""
+
+
 def _opt(path: Path) -> str:
     """A path inside a qemu option list, where a comma separates options unless doubled."""
     return str(path).replace(",", ",,")
@@ -95,7 +100,7 @@ def _warm_command(job: VMJob, accel: str, overlay: Path, qmp_socket: Path) -> li
     return (
         _machine(job, accel, overlay, qmp_socket)
         + ports
-        + _kernel_args(job, f"{job.cmdline} {SNAPSHOT_FLAG}")
+        + _kernel_args(job, f"{job.cmdline} {SNAPSHOT_FLAG}{_network_flag(job)}")
     )
 
 

@@ -33,7 +33,8 @@ from pathlib import Path
 from ..images.cache import remove_read_only
 from ..wire.codec import read_json, write_json_atomic
 
-SNAPSHOT_FORMAT = 1  # bump when what a snapshot holds, or how it is restored, changes
+# Bump when what a snapshot holds, or how it is restored, changes (2: network-ready snapshots).
+SNAPSHOT_FORMAT = 2
 FAILURE_TTL_S = 3600  # after a failed attempt, cold boots for this long instead of retrying
 UNUSED_TTL_S = 7 * 24 * 3600  # a snapshot no run restored for this long is pruned
 

@@ -34,6 +34,9 @@ class Conditions:
     test_env: tuple[tuple[str, str], ...] = ()
     results_file: str | None = None
     has_suite: bool = False
+    # An HTTP proxy apt fetches through (a caching one: the host's own, or a site's); the agent
+    # falls back to the mirrors directly when it cannot be reached. None: no proxy.
+    package_proxy: str | None = None
 
     def to_toml(self) -> str:
         env = dict(self.test_env)
@@ -61,4 +64,7 @@ class Conditions:
             "packages": {"install": list(self.packages)},
             "test": test,
         }
+        if self.package_proxy:
+            # Optional, so version 1 still: an agent that ignores it fetches directly.
+            doc["apt"] = {"proxy": self.package_proxy}
         return HEADER + tomli_w.dumps(doc)

@@ -31,3 +31,13 @@ TEST_DIR = "test"  # VMHARNESS_RESULTS_DIR: where the test puts JUnit, TAP or os
 SNAPSHOT_FLAG = "vmharness.snapshot"
 READY_MARKER = "vmharness-agent: ready for a snapshot"
 DISKS_FOUND_MARKER = "vmharness-agent: found the run's disks"
+# With SNAPSHOT_FLAG, for VMs with a network: the agent starts udev and the network before it
+# says READY_MARKER, so a restored run finds them up and only checks its address and clock.
+NETWORK_FLAG = "vmharness.network"
+
+# qemu user networking's address of the host, as the guest sees it (slirp forwards it to the
+# host's 127.0.0.1). A package proxy there is the host's own: the agent then asks it for
+# repositories at this address as the host's loopback, which is where the proxy finds them.
+GUEST_HOST_ADDRESS = "10.0.2.2"
+# The agent's line (in agent.log) when the package proxy cannot be used and apt goes direct.
+PROXY_FALLBACK_NOTE = "package proxy not used: fetching from the mirrors directly"

@@ -1,0 +1,265 @@
+"""The package cache's pure parts: the agent's proxy use and fallback (with a stand-in
+apt-get), the conditions that carry the proxy, and the host's apt-cacher-ng (started for real
+when it is installed: it starts in a fraction of a second)."""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import shutil
+import socket
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from vmharness.engine.attempt import conditions_for
+from vmharness.spec import load_spec
+from vmharness.spec.expand import expand
+from vmharness.vm.pkgproxy import PackageProxy, ProxyUnavailable, config_text
+from vmharness.wire.guest import GUEST_HOST_ADDRESS, PROXY_FALLBACK_NOTE
+
+AGENT = Path(__file__).resolve().parents[2] / "src" / "vmharness" / "guest" / "vmharness-agent"
+
+# A stand-in apt-get: fails as apt does when it cannot reach a server (the proxy, if one is
+# configured, else the mirror when $MIRROR_DOWN is set), or when asked for $MISSING.
+FAKE_APT = """#!/bin/sh
+echo "apt-get $*" >> "$CALLS"
+if [ -f "$PROXY_CONF" ] && [ -n "$PROXY_DOWN" ]; then
+  echo "Err:1 http://deb.debian.org/debian bookworm InRelease"
+  echo "  Could not connect to 10.0.2.2:3142 (10.0.2.2). - connect (111: Connection refused)"
+  exit 100
+fi
+if [ -n "$MIRROR_DOWN" ]; then
+  echo "W: Failed to fetch http://deb.debian.org/debian/dists/bookworm/InRelease"
+  echo "  Temporary failure resolving 'deb.debian.org'"
+  exit 100
+fi
+if [ -f "$PROXY_CONF" ] && [ -n "$PROXY_PARTIAL" ] && [ "${*#*update}" != "$*" ]; then
+  echo "W: Failed to fetch http://127.0.0.1:33123/repo/./InRelease  503  Connection refused"
+  echo "W: Some index files failed to download. They have been ignored, or old ones used instead."
+  exit 0
+fi
+if [ -f "$PROXY_CONF" ] && [ -n "$PROXY_STALE" ]; then
+  echo "E: Failed to fetch http://127.0.0.1:8080/repo/./x_1.0_all.deb  Hash Sum mismatch"
+  exit 100
+fi
+for a in "$@"; do
+  if [ "$a" = "$MISSING" ]; then echo "E: Unable to locate package $a"; exit 100; fi
+done
+exit 0
+"""
+
+
+@pytest.fixture
+def agent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    loader = importlib.machinery.SourceFileLoader("vmharness_agent_cache", str(AGENT))
+    spec = importlib.util.spec_from_loader("vmharness_agent_cache", loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setattr(module, "OUTPUT_DIR", str(out))
+    monkeypatch.setattr(module, "PROXY_CONF", str(tmp_path / "proxy.conf"))
+    monkeypatch.setattr(module, "SOURCES_LIST", str(tmp_path / "sources.list"))
+    monkeypatch.setattr(module.time, "sleep", lambda _s: None)  # no back-off in tests
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "apt-get").write_text(FAKE_APT)
+    (bindir / "apt-get").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}:/usr/bin:/bin")
+    monkeypatch.setenv("CALLS", str(tmp_path / "calls"))
+    monkeypatch.setenv("PROXY_CONF", str(tmp_path / "proxy.conf"))
+    for var in ("PROXY_DOWN", "PROXY_STALE", "PROXY_PARTIAL", "MIRROR_DOWN", "MISSING"):
+        monkeypatch.delenv(var, raising=False)
+    return module
+
+
+def listening_port() -> socket.socket:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s
+
+
+def test_a_proxy_that_fails_mid_install_falls_back_to_the_mirror_and_says_so(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = agent.Agent()
+    with listening_port() as s:
+        a.choose_proxy(f"http://127.0.0.1:{s.getsockname()[1]}")
+    assert a.proxy and Path(agent.PROXY_CONF).is_file()
+    monkeypatch.setenv("PROXY_DOWN", "1")
+    a.install([], ["curl"])  # no exception: the run goes on without the proxy
+    assert a.proxy is None and not Path(agent.PROXY_CONF).exists()
+    log = (tmp_path / "out" / "install.log").read_text()
+    assert "Could not connect" in log and log.count("apt-get update") == 2
+
+
+def test_a_proxy_that_cannot_be_reached_is_not_used_and_the_log_says_so(
+    agent: ModuleType, tmp_path: Path
+) -> None:
+    lines: list[str] = []
+    a = agent.Agent()
+    a.log = lines.append
+    with listening_port() as s:
+        port = s.getsockname()[1]
+    a.choose_proxy(f"http://127.0.0.1:{port}")  # nothing listens there any more
+    assert a.proxy is None and not Path(agent.PROXY_CONF).exists()
+    assert any(PROXY_FALLBACK_NOTE in line for line in lines)
+
+
+def test_a_missing_package_is_an_install_failure_through_the_proxy_too(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = agent.Agent()
+    with listening_port() as s:
+        a.choose_proxy(f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setenv("MISSING", "no-such-package")
+    with pytest.raises(agent.PhaseFailed) as failed:
+        a.install([], ["no-such-package"])
+    assert failed.value.counts_as is None  # reported as `install`
+    assert a.proxy is not None  # the proxy was not blamed
+
+
+def test_an_unreachable_mirror_is_reported_as_the_network_not_the_packages(
+    agent: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MIRROR_DOWN", "1")
+    with pytest.raises(agent.PhaseFailed) as failed:
+        agent.Agent().install([], ["curl"])
+    assert failed.value.counts_as == "network"  # -> died, with apt's words as the reason
+    assert "Temporary failure resolving" in str(failed.value)
+
+
+def test_repositories_at_the_guests_host_address_are_the_host_loopback_for_the_host_proxy(
+    agent: ModuleType, tmp_path: Path
+) -> None:
+    line = f"deb [trusted=yes] http://{GUEST_HOST_ADDRESS}:8080/v1/ ./"
+    a = agent.Agent()
+    with listening_port() as s:
+        a.set_sources([line, "deb http://deb.debian.org/debian bookworm main"])
+        assert line in Path(agent.SOURCES_LIST).read_text()
+        a.use_proxy(f"http://{GUEST_HOST_ADDRESS}:{s.getsockname()[1]}")
+    text = Path(agent.SOURCES_LIST).read_text()
+    assert "http://127.0.0.1:8080/v1/ ./" in text and GUEST_HOST_ADDRESS not in text
+    assert "deb.debian.org" in text
+    a.use_proxy(None)  # fallback: the lines as given again
+    assert line in Path(agent.SOURCES_LIST).read_text()
+    a.use_proxy("http://proxy.example.org:3128")  # a site proxy cannot reach our loopback
+    assert line in Path(agent.SOURCES_LIST).read_text()
+
+
+def test_proxy_urls_are_split_as_apt_would(agent: ModuleType) -> None:
+    assert agent.host_of("http://10.0.2.2:3142") == "10.0.2.2"
+    assert agent.port_of("http://10.0.2.2:3142/") == 3142
+    assert agent.host_of("http://user:pw@squid.site/") == "squid.site"
+    assert agent.port_of("http://squid.site") == 80
+
+
+SPEC = """
+platforms: [debian-12]
+sources:
+  - label: image
+    repos: [main]
+package_sets:
+  - label: none
+    packages: []
+  - label: curl
+    packages: [curl]
+test: {command: "true"}
+vm: {network: user}
+"""
+
+
+def test_the_proxy_goes_only_into_the_conditions_of_runs_that_fetch_packages(
+    tmp_path: Path,
+) -> None:
+    spec_file = tmp_path / "s.yaml"
+    spec_file.write_text(SPEC)
+    runs = {r.package_set.label: r for r in expand(load_spec(spec_file))}
+    main = "deb http://deb.debian.org/debian bookworm main"
+    for label, expected in (("curl", {"proxy": "http://10.0.2.2:3142"}), ("none", None)):
+        cond = conditions_for(
+            runs[label], main_source=main, suite="bookworm", package_proxy="http://10.0.2.2:3142"
+        )
+        assert tomllib.loads(cond.to_toml()).get("apt") == expected
+    no_proxy = conditions_for(runs["curl"], main_source=main, suite="bookworm")
+    assert "apt" not in tomllib.loads(no_proxy.to_toml())
+
+
+def test_the_proxy_listens_on_loopback_only_and_always_revalidates_lists(tmp_path: Path) -> None:
+    text = config_text(tmp_path, 3199)
+    assert "BindAddress: 127.0.0.1\n" in text and "Port: 3199\n" in text
+    assert "FreshIndexMaxAge: 0\n" in text
+    assert f"CacheDir: {tmp_path / 'data'}\n" in text
+
+
+def test_a_missing_apt_cacher_ng_says_how_to_install_it(tmp_path: Path) -> None:
+    with pytest.raises(ProxyUnavailable, match="apt-get install apt-cacher-ng"):
+        PackageProxy(tmp_path, program="no-such-apt-cacher-ng").start()
+
+
+@pytest.mark.skipif(not shutil.which("apt-cacher-ng"), reason="apt-cacher-ng not installed")
+def test_one_proxy_is_shared_and_the_last_user_stops_it(tmp_path: Path) -> None:
+    first, second = PackageProxy(tmp_path), PackageProxy(tmp_path)
+    info = first.start()
+    try:
+        assert second.start() == info  # joined, not started twice
+        with socket.create_connection(("127.0.0.1", info.port), timeout=2):
+            pass
+        assert info.guest_url == f"http://{GUEST_HOST_ADDRESS}:{info.port}"
+        assert not first.release()  # the second still uses it
+        assert Path(f"/proc/{info.pid}").exists()
+    finally:
+        first.release()
+        stopped = second.release()
+    assert stopped and not first._is_ours(info.pid)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", info.port), timeout=1)
+
+
+def test_an_unchanged_release_file_keeps_its_time_and_a_changed_one_does_not(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    monkeypatch.setattr(agent, "LISTS_DIR", str(lists))
+    (lists / "same_InRelease").write_bytes(b"same")
+    (lists / "changed_InRelease").write_bytes(b"old!")
+    for name in ("same_InRelease", "changed_InRelease"):
+        os.utime(lists / name, (1_000_000, 1_000_000))
+    before = agent.small_lists()
+    (lists / "same_InRelease").write_bytes(b"same")  # fetched again: new time, same bytes
+    (lists / "changed_InRelease").write_bytes(b"new!")  # published since: new bytes
+    assert "1 unchanged" in agent.keep_list_times(before)
+    assert (lists / "same_InRelease").stat().st_mtime == 1_000_000
+    assert (lists / "changed_InRelease").stat().st_mtime != 1_000_000
+
+
+def test_a_stale_package_in_the_proxy_is_fetched_directly_not_an_install_failure(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = agent.Agent()
+    with listening_port() as s:
+        a.choose_proxy(f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setenv("PROXY_STALE", "1")  # the same file name republished with new bytes
+    a.install([], ["x"])
+    assert a.proxy is None
+    assert "Hash Sum mismatch" in (tmp_path / "out" / "install.log").read_text()
+
+
+def test_lists_the_proxy_could_not_fetch_are_fetched_directly(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = agent.Agent()
+    with listening_port() as s:
+        a.choose_proxy(f"http://127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setenv("PROXY_PARTIAL", "1")  # apt-get update exits 0 with only a warning
+    a.install([], ["x"])
+    assert a.proxy is None
+    assert (tmp_path / "calls").read_text().count(" update ") == 2  # proxy, then direct
