@@ -562,7 +562,26 @@ def _condor_parsers(cmd) -> None:
     p.add_argument(
         "--requirements",
         metavar="EXPR",
-        help="extra job requirements (ClassAd), e.g. to avoid bad hosts",
+        help="extra job requirements (ClassAd); bad hosts are avoided by the deny-list",
+    )
+    p.add_argument(
+        "--hosts-file",
+        type=Path,
+        metavar="FILE",
+        help="the execute-host deny-list the DAG keeps and follows (default "
+        "$VMHARNESS_HOSTS_FILE, else hosts.json in the image cache's root; see `vmharness hosts`)",
+    )
+    p.add_argument(
+        "--deny-policy",
+        metavar="RULES",
+        help="when a host is denied: after=N (infrastructure failures in a row, default 2), "
+        "window=N,rate=R (a share of the last N runs), expiry=DURATION (default 24h); "
+        "default $VMHARNESS_DENY",
+    )
+    p.add_argument(
+        "--no-deny-list",
+        action="store_true",
+        help="neither count failures against execute hosts nor avoid any",
     )
     p.add_argument(
         "--prep-maxjobs",
@@ -672,6 +691,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         queue_max_s=parse_duration(args.queue_max, field="--queue-max"),
         node_python=args.node_python or "",
         job_python=args.job_python or "",
+        hosts_file=args.hosts_file,
+        deny_policy=args.deny_policy,
+        deny=not args.no_deny_list,
     )
     spec, runs = _load(args, need_images=True)
     schedd = condor.connect(opts.pool)

@@ -176,6 +176,8 @@ class Plan:
     held_max_s: int
     queue_max_s: int
     images: dict[str, PlanImage] = field(default_factory=dict)  # by platform name
+    hosts_file: str = ""  # the execute-host deny-list the POST scripts keep (hosts.py); "": none
+    deny_policy: str = ""  # hosts.Policy.parse text; "": the defaults
 
 
 def write_plan(run_dir: Path, plan: Plan) -> None:

@@ -20,6 +20,7 @@ Layout added to the run folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -31,12 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .. import hosts
 from ..engine.attempt import ImageRef
 from ..errors import InfraError, UsageError
 from ..spec import Run
 from ..wire.files import replacing, sha256_file
 from ..wire.formats import OUTCOME
-from . import status
+from . import deny, status
 from .events import bindings
 from .job import (
     CONDOR_DIR,
@@ -87,6 +89,9 @@ class SubmitOptions:
     job_python: str = ""  # execute side (--style qemu)
     owner: str | None = None  # account the pool runs our jobs as (files must be its)
     accel: str | None = None  # VMHARNESS_ACCEL for --style qemu jobs
+    hosts_file: Path | None = None  # the execute-host deny-list (None: hosts.default_path())
+    deny_policy: str | None = None  # hosts.Policy text (None: $VMHARNESS_DENY, else defaults)
+    deny: bool = True  # keep and follow the deny-list at all
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -110,6 +115,11 @@ class SubmitOptions:
         self.job_python = self.job_python or default_py
         if self.owner is None and os.geteuid() == 0:
             self.owner = os.environ.get(POOL_ENV_USER) or None
+        if self.deny:
+            self.hosts_file = (self.hosts_file or hosts.default_path()).absolute()
+            if self.deny_policy is None:
+                self.deny_policy = os.environ.get(hosts.POLICY_ENV, "")
+            hosts.Policy.parse(self.deny_policy)  # a bad one is a usage error now, not in POST
         if self.accel is None:
             self.accel = os.environ.get("VMHARNESS_ACCEL") or None
 
@@ -313,6 +323,10 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
     }
     if opts.requirements:
         common["requirements"] = opts.requirements
+    if opts.deny:
+        common["requirements"] = " && ".join(
+            [f"({opts.requirements})"] * bool(opts.requirements) + [deny.REQUIREMENT]
+        )
     if opts.style == "vm":
         return {
             "universe": "vm",
@@ -381,13 +395,16 @@ def _node_description(run_dir: Path, opts: SubmitOptions, args: str, out: str) -
 RUN_ONE_SH = """#!/bin/sh
 # vmharness --style qemu job: boot the VM that job.json describes, as the local backend does.
 # Only output.img, console.log and outcome.json go back; outcome.json always exists.
-export PATH="{path}:$PATH"
+# The execute point's PATH first (a site may put its own qemu there), then the usual folders.
+export PATH="$PATH:{path}"
 touch console.log
 rm -f outcome.json
 {python} -m vmharness.cli run-one job.json 2>run-one.err
 rc=$?
 if [ ! -s outcome.json ]; then
-    host=$(hostname)
+    ad=${{_CONDOR_MACHINE_AD:-.machine.ad}}
+    host=$(sed -n 's/^Machine = "\\(.*\\)"$/\\1/p' "$ad" 2>/dev/null)
+    host=${{host:-$(hostname)}}
     {{ echo "--- vmharness run-one failed (exit $rc) on $host; its stderr:"
        tail -n 40 run-one.err; }} >>console.log
     printf '{{"format": {outcome_format}, "ended": "error", "seconds": 0, "accelerator": "", '\\
@@ -438,6 +455,8 @@ def write_dag(
         held_max_s=opts.held_max_s,
         queue_max_s=opts.queue_max_s,
         images={platform: _plan_image(s, opts) for platform, s in staged.items()},
+        hosts_file=str(opts.hosts_file or "") if opts.deny else "",
+        deny_policy=opts.deny_policy or "",
     )
     write_plan(run_dir, plan)
     if opts.style == "qemu":
@@ -499,6 +518,12 @@ def write_dag(
     # rejects; the throttle's own syntax is MAXJOBS.
     with dag_file.open("a") as f:
         f.write(f"MAXJOBS prep {opts.prep_maxjobs}\n")
+    if opts.deny:
+        # Read by DAGMan at every VM node's submission; the POST scripts rewrite it.
+        known = deny.deny_list(plan)
+        deny.write_deny_sub(run_dir, known.denied() if known else [])
+        vm_sub = cdir / "vm.sub"
+        vm_sub.write_text(f"include : {cdir / deny.DENY_SUB}\n" + vm_sub.read_text())
     return dag_file
 
 
@@ -514,6 +539,27 @@ def give_to(owner: str, run_dir: Path, store: Path) -> None:
             continue
         for name in files:
             os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+
+def _hosts_file_for(owner: str, path: Path) -> None:
+    """The deny-list's folder must be the pool account's to write: its POST scripts keep it."""
+    pw = pwd.getpwnam(owner)
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        os.chown(folder, pw.pw_uid, pw.pw_gid)
+    _check_reachable(folder / "x", pw)
+    st = folder.stat()
+    if st.st_uid != pw.pw_uid and not st.st_mode & 0o002:
+        raise UsageError(
+            f"the pool's account {owner} cannot write the execute-host deny-list's folder "
+            f"{folder} (its POST scripts keep the list there)",
+            hint=f"set {hosts.HOSTS_FILE_ENV} to a file in a folder {owner} owns (`eval "
+            '"$(scripts/condor-pool env)"` sets one), or submit with --no-deny-list',
+        )
+    for name in (path.name, path.name + ".lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(folder / name, pw.pw_uid, pw.pw_gid)
 
 
 def _check_reachable(path: Path, pw: pwd.struct_passwd) -> None:
@@ -579,6 +625,8 @@ def submit(
     )
     if opts.owner:
         give_to(opts.owner, run_dir, store)
+        if opts.deny and opts.hosts_file:
+            _hosts_file_for(opts.owner, opts.hosts_file)
     t2 = time.monotonic()
     cluster = submit_dag(schedd, dag_file)
     folder.db.set_meta(condor_cluster=cluster)
