@@ -8,10 +8,12 @@ SIGTERM; after either, the VMs are stopped and `vmharness resume RUNDIR` finishe
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -191,6 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
     p.add_argument("--previous", type=Path, metavar="RUNDIR", help="compare with this run folder")
     p.set_defaults(func=cmd_report)
+
+    p = cmd("hosts", "the execute-host deny-list: bad execute points the pool's DAGs avoid")
+    p.add_argument(
+        "--hosts-file",
+        type=Path,
+        metavar="FILE",
+        help="the list (default $VMHARNESS_HOSTS_FILE, else hosts.json in the image cache's root)",
+    )
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    hsub = p.add_subparsers(dest="hosts_command", metavar="ACTION")
+    f = hsub.add_parser(
+        "forgive",
+        help="remove a host's entry (it was mended): jobs go there again",
+        description="Remove HOST's entry from the deny-list: its failures are forgotten and "
+        "DAGs submitted from now on send it jobs again.",
+    )
+    f.add_argument("host", metavar="HOST", help="the host as the pool names it (its Machine)")
+    p.set_defaults(func=cmd_hosts)
 
     p = cmd("image", "build, list and prune cached base images")
     isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
@@ -442,6 +462,49 @@ def cmd_image_build(args: argparse.Namespace) -> int:
         f"{image.recipe}: {image.folder} ({image.size_bytes / 1e6:.0f} MB, "
         f"kernel {image.kernel_version}, sha256 {image.sha256[:16]})"
     )
+    return EXIT_PASS
+
+
+def cmd_hosts(args: argparse.Namespace) -> int:
+    from .hosts import DenyList
+    from .wire.codec import dumps
+
+    path = args.hosts_file or None
+    if getattr(args, "hosts_command", None) == "forgive":
+        with DenyList.locked(path) as d:
+            if not d.forgive(args.host):
+                known = ", ".join(e.host for e in d.entries()) or "none"
+                raise UsageError(
+                    f"{args.host} is not on the deny-list {d.path} (hosts on it: {known})",
+                    hint="`vmharness hosts` lists them, as the pool names them (Machine)",
+                )
+        console.print(f"forgiven: {args.host} (removed from {d.path})")
+        return EXIT_PASS
+    d = DenyList.read(path)
+    now = time.time()
+    if args.json:
+        print(dumps({"file": str(d.path), "hosts": [encode(e) for e in d.entries()]}))
+        return EXIT_PASS
+    if not d.entries():
+        console.print(f"no execute host on the deny-list ({d.path})")
+        return EXIT_PASS
+    table = Table(title=f"execute hosts in {d.path} (deny after {d.policy.describe()})")
+    for col in ("host", "state", "until", "reason", "runs that died there"):
+        table.add_column(col, overflow="fold")
+    for e in d.entries():
+        state = e.state(now)
+        until = (
+            dt.datetime.fromtimestamp(e.expires).strftime("%Y-%m-%d %H:%M")
+            if e.expires and state == "denied"
+            else "-"
+        )
+        if state == "trial":
+            state = "trial (expired: its next run decides)"
+        elif state == "ok":
+            state = f"ok ({e.streak()} failure(s) in a row)"
+        runs = ", ".join(f"{Path(f.run_dir).name}/{f.run}" for f in e.failures[-10:])
+        table.add_row(Text(e.host), state, until, Text(e.reason or "-"), Text(runs))
+    console.print(table)
     return EXIT_PASS
 
 

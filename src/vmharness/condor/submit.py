@@ -621,6 +621,7 @@ def submit(
             "delivery": opts.delivery,
             "image_store": str(store),
             "pool": opts.pool or "local",
+            "hosts_file": str(opts.hosts_file or "") if opts.deny else "",
         }
     )
     if opts.owner:
