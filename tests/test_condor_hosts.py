@@ -166,3 +166,69 @@ def test_a_broken_host_is_denied_and_avoided(nodes_pool) -> None:
     assert hosts_seen and EP.format(2) not in hosts_seen, hosts_seen
     log_text = "".join(p.read_text() for p in (second / "runs").glob("*/condor-job.log"))
     assert "sock=ep2>" not in log_text  # not even an attempt that ended otherwise
+
+
+@pytest.mark.condor
+def test_an_expired_entry_gets_a_trial_and_a_success_clears_it(nodes_pool) -> None:
+    nodes_pool()  # every execute point healthy again (ep2 was mended)
+    work = Path("/tmp") / f"vmh-hosts-expiry-{os.getpid()}"
+    work.mkdir(mode=0o755, exist_ok=True)
+    hosts = work / "deny" / "hosts.json"
+    hosts.parent.mkdir()
+    with DenyList.locked(hosts) as d:  # yesterday: denied, for a day that is over now
+        d.record(
+            EP.format(2), failed=True, run="0001", reason="qemu broke", now=time.time() - 90000
+        )
+        d.record(
+            EP.format(2), failed=True, run="0002", reason="qemu broke", now=time.time() - 90000
+        )
+        assert d.data.hosts[EP.format(2)].state(time.time()) == "trial"
+    os.chown(hosts.parent, *_pool_ids())
+    spec = work / "six.yaml"
+    spec.write_text(matrix(3))
+    proc = vmharness(
+        "submit", spec, "--style", "qemu", "--out", work / "rd", "--hosts-file", hosts, "--wait"
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert "{}" in (work / "rd" / "condor" / "deny.sub").read_text()  # expired: not avoided
+    by_host = attempts_by_host(work / "rd")
+    assert "pass" in by_host.get(EP.format(2), []), by_host  # it had its trial, and passed
+    assert EP.format(2) not in DenyList.read(hosts).data.hosts  # and is forgiven
+
+
+@pytest.mark.condor
+def test_every_host_bad_ends_the_runs_without_looping(nodes_pool) -> None:
+    nodes_pool("ep1=qemu", "ep2=qemu", "ep3=qemu")
+    work = Path("/tmp") / f"vmh-hosts-all-{os.getpid()}"
+    work.mkdir(mode=0o755, exist_ok=True)
+    spec = work / "six.yaml"
+    spec.write_text(matrix(3))
+    t0 = time.monotonic()
+    proc = vmharness(
+        "submit",
+        spec,
+        "--style",
+        "qemu",
+        "--out",
+        work / "rd",
+        "--hosts-file",
+        work / "deny" / "hosts.json",
+        "--wait",
+        timeout=600,
+    )
+    took = time.monotonic() - t0
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    results = json.loads((work / "rd" / "results.json").read_text())
+    assert [r["status"] for r in results["runs"]] == ["died"] * 6
+    # each run says why; the ones after the last host was denied say it is every host
+    assert all(r["reason"] for r in results["runs"])
+    assert any("every execute point" in r["reason"] for r in results["runs"]), results["runs"]
+    assert DenyList.read(work / "deny" / "hosts.json").denied() == [EP.format(i) for i in (1, 2, 3)]
+    assert took < 300, f"{took:.0f} s"
+
+
+def _pool_ids() -> tuple[int, int]:
+    import pwd
+
+    pw = pwd.getpwnam(os.environ.get("VMHARNESS_POOL_USER", "vmharness"))
+    return pw.pw_uid, pw.pw_gid
