@@ -136,3 +136,20 @@ def test_policy_parsing() -> None:
 def test_classad_list_quotes() -> None:
     assert classad_list([]) == "{}"
     assert classad_list(["a.b", 'we"ird']) == '{"a.b", "we\\"ird"}'
+
+
+def test_the_reports_section_counts_died_attempts_per_host() -> None:
+    from vmharness.report import infra_by_host
+
+    rows = [
+        ("0001", {"attempt": 1, "status": "died", "host": "ep2", "reason": "qemu broke"}),
+        ("0001", {"attempt": 2, "status": "pass", "host": "ep1", "reason": ""}),
+        ("0002", {"attempt": 1, "status": "fail", "host": "ep2", "reason": "tests failed"}),
+        ("0003", {"attempt": 1, "status": "died", "host": "ep2", "reason": "[red]no[/red]"}),
+        ("0004", {"attempt": 1, "status": "died", "host": "", "reason": "never ran"}),
+        ("0005", {"attempt": 1, "status": None, "host": "ep3", "reason": None}),  # running
+    ]
+    got = infra_by_host(rows, {"ep2": "2 in a row"})
+    assert [h.host for h in got] == ["ep2"]  # a test failure never counts; no host, no entry
+    assert got[0].failures == [("0001", 1, "qemu broke"), ("0003", 1, "[red]no[/red]")]
+    assert (got[0].runs_ok, got[0].denied) == (1, "2 in a row")
