@@ -27,22 +27,46 @@ from .events import bindings
 from .job import CONDOR_DIR, Plan
 
 DENY_SUB = "deny.sub"  # in condor/
+ALL_DENIED_FILE = "all-denied.txt"  # in condor/: why, once every execute point was denied
 DENIED_ATTR = "VmharnessDenied"
+ALL_DENIED_ATTR = "VmharnessAllDenied"  # true: the schedd removes the job while idle
 REQUIREMENT = f"(MY.{DENIED_ATTR} is undefined || !member(TARGET.Machine, MY.{DENIED_ATTR}))"
 # vanilla (5) and vm (13): the VM jobs; never DAGMan (7) or the local-universe nodes (12)
 VM_JOBS = "(JobUniverse == 5 || JobUniverse == 13)"
 ALL_DENIED_REMOVE = "vmharness: every execute point of the pool is on the deny-list"
 
 
-def write_deny_sub(run_dir: Path, denied: list[str]) -> None:
-    path = run_dir / CONDOR_DIR / DENY_SUB
+def write_deny_sub(run_dir: Path, denied: list[str], give_up: str = "") -> None:
+    """deny.sub for the VM nodes DAGMan submits from now on; with `give_up` (every execute
+    point denied), their jobs are removed by the schedd as soon as they are idle, and
+    all-denied.txt keeps the reason for their POST scripts."""
+    cdir = run_dir / CONDOR_DIR
+    if give_up:
+        (cdir / ALL_DENIED_FILE).write_text(give_up + "\n")
+    path = cdir / DENY_SUB
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(
         "# The execute hosts this DAG's VM jobs avoid (vmharness hosts; rewritten while the DAG\n"
         "# runs, read by DAGMan at each VM node's submission).\n"
         f"My.{DENIED_ATTR} = {classad_list(denied)}\n"
+        + (f"My.{ALL_DENIED_ATTR} = true\n" if give_up else "")
     )
     tmp.replace(path)
+
+
+def given_up(run_dir: Path) -> str:
+    """The reason, once a POST script found every execute point denied; else ""."""
+    try:
+        return (run_dir / CONDOR_DIR / ALL_DENIED_FILE).read_text().strip()
+    except OSError:
+        return ""
+
+
+def reset(run_dir: Path, plan: Plan) -> None:
+    """Before a resubmission: deny.sub from the list as it is now (hosts may be forgiven)."""
+    (run_dir / CONDOR_DIR / ALL_DENIED_FILE).unlink(missing_ok=True)
+    known = deny_list(plan)
+    write_deny_sub(run_dir, known.denied() if known else [])
 
 
 def deny_list(plan: Plan) -> DenyList | None:
@@ -106,6 +130,14 @@ def all_denied(denied: list[str]) -> str:
         "so no job can run; see `vmharness hosts`, mend the hosts, then "
         "`vmharness hosts forgive HOST` and `vmharness resubmit RUNDIR`"
     )
+
+
+def give_up_now(run_dir: Path, denied: list[str], reason: str) -> None:
+    """Every execute point denied: later nodes are removed when idle (deny.sub), and the idle
+    VM jobs in the queue now are removed at once."""
+    write_deny_sub(run_dir, denied, reason)
+    with contextlib.suppress(Exception):
+        remove_idle(run_dir, f"vmharness: {reason}")
 
 
 def remove_idle(run_dir: Path, reason: str) -> None:

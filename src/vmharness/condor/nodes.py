@@ -123,8 +123,10 @@ def _all_denied_before(run_dir: Path, run_id: str) -> bool:
     """Every execute point is on the deny-list: the run dies here, without a job that could
     never match."""
     try:
-        known = deny.deny_list(read_plan(run_dir))
-        give_up = deny.all_denied(known.denied()) if known else ""
+        give_up = deny.given_up(run_dir)
+        if not give_up:
+            known = deny.deny_list(read_plan(run_dir))
+            give_up = deny.all_denied(known.denied()) if known else ""
     except Exception:  # noqa: BLE001 - the list is advice; the node goes on without it
         return False
     if not give_up:
@@ -190,11 +192,16 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     _change, denied = deny.record_end(
         plan, run_dir, run.id, result.host, died=died, reason=result.reason
     )
-    give_up = deny.all_denied(denied) if died and not hist.aborted else ""
-    if give_up:
-        result.reason = f"{result.reason}; {give_up}" if result.reason else give_up
-        with contextlib.suppress(Exception):
-            deny.remove_idle(run_dir, f"vmharness: {give_up}")
+    give_up = ""
+    if died and hist.aborted and hist.started is None:
+        give_up = deny.given_up(run_dir)  # removed while idle: every execute point is denied
+        if give_up:
+            result.reason = give_up
+    elif died:
+        give_up = deny.all_denied(denied)
+        if give_up:
+            result.reason = f"{result.reason}; {give_up}" if result.reason else give_up
+            deny.give_up_now(run_dir, denied, give_up)
     # DAGMan counts the node's retries, and it retries only what died, so `retry` is how many
     # attempts died before this one. A removed job (by a person, or by our policy after a
     # hold) is not retried: the hold policy already released what a retry could fix.

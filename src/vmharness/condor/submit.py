@@ -38,7 +38,7 @@ from ..errors import InfraError, UsageError
 from ..spec import Run
 from ..wire.files import replacing, sha256_file
 from ..wire.formats import OUTCOME
-from . import deny, status
+from . import deny, job, status
 from .events import bindings
 from .job import (
     CONDOR_DIR,
@@ -326,6 +326,11 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
     if opts.deny:
         common["requirements"] = " && ".join(
             [f"({opts.requirements})"] * bool(opts.requirements) + [deny.REQUIREMENT]
+        )
+        # Every execute point denied (deny.sub says so): an idle job could never run.
+        common["periodic_remove"] = (
+            f"({common['periodic_remove']}) || "
+            f"(JobStatus == 1 && MY.{deny.ALL_DENIED_ATTR} =?= true)"
         )
     if opts.style == "vm":
         return {
@@ -651,6 +656,8 @@ def resubmit(folder, schedd) -> int:
         raise UsageError("its DAG is still in the queue", hint=f"vmharness status {folder.path}")
     if not list(dag_file.parent.glob(f"{DAG_FILE}.rescue[0-9][0-9][0-9]")):
         raise UsageError("nothing to run again: every node of its DAG succeeded")
+    with contextlib.suppress(OSError, ValueError):  # a folder of an older vmharness: no list
+        deny.reset(folder.path.resolve(), job.read_plan(folder.path.resolve()))
     cluster = submit_dag(schedd, dag_file, rescue=True)
     folder.db.set_meta(condor_cluster=cluster)
     return cluster
