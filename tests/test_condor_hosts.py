@@ -217,7 +217,7 @@ def test_every_host_bad_ends_the_runs_without_looping(nodes_pool) -> None:
         timeout=600,
     )
     took = time.monotonic() - t0
-    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert proc.returncode == 3, proc.stdout[-3000:]  # no run could be done: infrastructure
     results = json.loads((work / "rd" / "results.json").read_text())
     assert [r["status"] for r in results["runs"]] == ["died"] * 6
     # each run says why; the ones after the last host was denied say it is every host

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from pathlib import Path
 
 from ..hosts import DenyList, Policy, classad_list
@@ -33,7 +34,7 @@ ALL_DENIED_ATTR = "VmharnessAllDenied"  # true: the schedd removes the job while
 REQUIREMENT = f"(MY.{DENIED_ATTR} is undefined || !member(TARGET.Machine, MY.{DENIED_ATTR}))"
 # vanilla (5) and vm (13): the VM jobs; never DAGMan (7) or the local-universe nodes (12)
 VM_JOBS = "(JobUniverse == 5 || JobUniverse == 13)"
-ALL_DENIED_REMOVE = "vmharness: every execute point of the pool is on the deny-list"
+SWEEPS = (3.0, 7.0)  # seconds between the removals of idle jobs once every point is denied
 
 
 def write_deny_sub(run_dir: Path, denied: list[str], give_up: str = "") -> None:
@@ -133,11 +134,16 @@ def all_denied(denied: list[str]) -> str:
 
 
 def give_up_now(run_dir: Path, denied: list[str], reason: str) -> None:
-    """Every execute point denied: later nodes are removed when idle (deny.sub), and the idle
-    VM jobs in the queue now are removed at once."""
+    """Every execute point denied: nodes submitted from now on are removed when idle
+    (deny.sub, periodic_remove), the PRE scripts of later nodes give up (all-denied.txt), and
+    the idle VM jobs in the queue are removed, now and again after SWEEPS: a node whose PRE
+    script passed just before the file was written reaches the queue a moment later, with
+    the deny.sub of before."""
     write_deny_sub(run_dir, denied, reason)
-    with contextlib.suppress(Exception):
-        remove_idle(run_dir, f"vmharness: {reason}")
+    for pause in (0.0, *SWEEPS):
+        time.sleep(pause)
+        with contextlib.suppress(Exception):
+            remove_idle(run_dir, f"vmharness: {reason}")
 
 
 def remove_idle(run_dir: Path, reason: str) -> None:

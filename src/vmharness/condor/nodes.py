@@ -132,7 +132,9 @@ def _all_denied_before(run_dir: Path, run_id: str) -> bool:
     if not give_up:
         return False
     folder, run = _open(run_dir, run_id)
-    attempts = folder.db.states()[run.id][1]
+    state, attempts = folder.db.states()[run.id]
+    if state != "running":  # a retry: an attempt of its own (the one that died keeps its row)
+        attempts = folder.db.start_attempt(run.id)
     folder.db.finish_attempt(
         RunResult(run_id=run.id, status="died", attempt=max(1, attempts), reason=give_up),
         final=True,
