@@ -85,7 +85,7 @@ def one(nodes: int, runs: int, work: Path, faults: list[str]) -> dict:
         t0 = time.monotonic()
         proc = subprocess.run(
             [*VMH, "submit", str(work / f"{name}.yaml"), "--style", "qemu", "--boot", "kernel",
-             "--out", str(rundir), "--hosts-file", str(work / name / ".." / f"{name}-hosts.json"),
+             "--out", str(rundir), "--hosts-file", str(work / "deny" / f"{name}.json"),
              "--wait"],
             env=env, capture_output=True, text=True, cwd=REPO,
         )  # fmt: skip

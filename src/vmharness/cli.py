@@ -767,6 +767,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     cache = ImageCache()
     images = images_for(runs, cache, console, max_age_s=_max_age(args), rebuild=args.rebuild)
     done = condor.submit(folder, runs, images, opts, schedd, condor.cache_content_names(cache))
+    for note in done.notes:
+        err_console.print(Text.assemble(("warning:", "bold yellow"), " ", note), highlight=False)
     console.print(
         f"submitted {done.runs} run(s) as DAG cluster {done.cluster} "
         f"(--style {opts.style}) in {sum(done.seconds.values()):.1f}s"

@@ -28,7 +28,7 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +92,7 @@ class SubmitOptions:
     hosts_file: Path | None = None  # the execute-host deny-list (None: hosts.default_path())
     deny_policy: str | None = None  # hosts.Policy text (None: $VMHARNESS_DENY, else defaults)
     deny: bool = True  # keep and follow the deny-list at all
+    hosts_file_given: bool = False  # by --hosts-file or $VMHARNESS_HOSTS_FILE (else the default)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -116,6 +117,9 @@ class SubmitOptions:
         if self.owner is None and os.geteuid() == 0:
             self.owner = os.environ.get(POOL_ENV_USER) or None
         if self.deny:
+            self.hosts_file_given = self.hosts_file is not None or bool(
+                os.environ.get(hosts.HOSTS_FILE_ENV)
+            )
             self.hosts_file = (self.hosts_file or hosts.default_path()).absolute()
             if self.deny_policy is None:
                 self.deny_policy = os.environ.get(hosts.POLICY_ENV, "")
@@ -158,6 +162,7 @@ class Submitted:
     cluster: int
     runs: int
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings for the user
 
 
 # -- the pool ---------------------------------------------------------------------------------
@@ -559,8 +564,9 @@ def _hosts_file_for(owner: str, path: Path) -> None:
         raise UsageError(
             f"the pool's account {owner} cannot write the execute-host deny-list's folder "
             f"{folder} (its POST scripts keep the list there)",
-            hint=f"set {hosts.HOSTS_FILE_ENV} to a file in a folder {owner} owns (`eval "
-            '"$(scripts/condor-pool env)"` sets one), or submit with --no-deny-list',
+            hint=f"give --hosts-file (or {hosts.HOSTS_FILE_ENV}) a file in a folder {owner} "
+            "may write, or that does not exist yet (e.g. under /tmp: it is made for "
+            f"{owner}), or submit with --no-deny-list",
         )
     for name in (path.name, path.name + ".lock"):
         with contextlib.suppress(FileNotFoundError):
@@ -615,6 +621,17 @@ def submit(
 ) -> Submitted:
     """Stage the images, write the DAG, hand the folder to the pool's account, submit."""
     t0 = time.monotonic()
+    notes = []
+    if opts.owner and opts.deny and opts.hosts_file:
+        try:
+            _hosts_file_for(opts.owner, opts.hosts_file)
+        except UsageError as exc:
+            if opts.hosts_file_given:
+                raise
+            # The default list (in root's cache) is out of the pool account's reach: run
+            # without one rather than not at all, and say so.
+            opts = replace(opts, deny=False)
+            notes.append(f"{exc}; this DAG neither counts failures against hosts nor avoids any")
     run_dir = folder.path.resolve()
     store = (opts.image_store or run_dir / IMAGE_STORE).resolve()
     staged = stage_images(images, store, content_names)
@@ -631,8 +648,6 @@ def submit(
     )
     if opts.owner:
         give_to(opts.owner, run_dir, store)
-        if opts.deny and opts.hosts_file:
-            _hosts_file_for(opts.owner, opts.hosts_file)
     t2 = time.monotonic()
     cluster = submit_dag(schedd, dag_file)
     folder.db.set_meta(condor_cluster=cluster)
@@ -643,6 +658,7 @@ def submit(
         cluster=cluster,
         runs=len(runs),
         seconds={"images": t1 - t0, "dag": t2 - t1, "submit": t3 - t2},
+        notes=notes,
     )
 
 
