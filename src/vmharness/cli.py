@@ -8,10 +8,12 @@ SIGTERM; after either, the VMs are stopped and `vmharness resume RUNDIR` finishe
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 
 from rich.console import Console
@@ -200,6 +202,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
     p.add_argument("--previous", type=Path, metavar="RUNDIR", help="compare with this run folder")
     p.set_defaults(func=cmd_report)
+
+    p = cmd("hosts", "the execute-host deny-list: bad execute points the pool's DAGs avoid")
+    p.add_argument(
+        "--hosts-file",
+        type=Path,
+        metavar="FILE",
+        help="the list (default $VMHARNESS_HOSTS_FILE, else hosts.json in the image cache's root)",
+    )
+    p.add_argument("--json", action="store_true", help="print the list as JSON")
+    hsub = p.add_subparsers(dest="hosts_command", metavar="ACTION")
+    f = hsub.add_parser(
+        "forgive",
+        help="remove a host's entry (it was mended): jobs go there again",
+        description="Remove HOST's entry from the deny-list: its failures are forgotten and "
+        "DAGs submitted from now on send it jobs again.",
+    )
+    f.add_argument("host", metavar="HOST", help="the host as the pool names it (its Machine)")
+    p.set_defaults(func=cmd_hosts)
 
     p = cmd("image", "build, list and prune cached base images")
     isub = p.add_subparsers(dest="image_command", metavar="ACTION", required=True)
@@ -455,6 +475,49 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_hosts(args: argparse.Namespace) -> int:
+    from .hosts import DenyList
+    from .wire.codec import dumps
+
+    path = args.hosts_file or None
+    if getattr(args, "hosts_command", None) == "forgive":
+        with DenyList.locked(path) as d:
+            if not d.forgive(args.host):
+                known = ", ".join(e.host for e in d.entries()) or "none"
+                raise UsageError(
+                    f"{args.host} is not on the deny-list {d.path} (hosts on it: {known})",
+                    hint="`vmharness hosts` lists them, as the pool names them (Machine)",
+                )
+        console.print(f"forgiven: {args.host} (removed from {d.path})")
+        return EXIT_PASS
+    d = DenyList.read(path)
+    now = time.time()
+    if args.json:
+        print(dumps({"file": str(d.path), "hosts": [encode(e) for e in d.entries()]}))
+        return EXIT_PASS
+    if not d.entries():
+        console.print(f"no execute host on the deny-list ({d.path})")
+        return EXIT_PASS
+    table = Table(title=f"execute hosts in {d.path} (deny after {d.policy.describe()})")
+    for col in ("host", "state", "until", "reason", "runs that died there"):
+        table.add_column(col, overflow="fold")
+    for e in d.entries():
+        state = e.state(now)
+        until = (
+            dt.datetime.fromtimestamp(e.expires).strftime("%Y-%m-%d %H:%M")
+            if e.expires and state == "denied"
+            else "-"
+        )
+        if state == "trial":
+            state = "trial (expired: its next run decides)"
+        elif state == "ok":
+            state = f"ok ({e.streak()} failure(s) in a row)"
+        runs = ", ".join(f"{Path(f.run_dir).name}/{f.run}" for f in e.failures[-10:])
+        table.add_row(Text(e.host), state, until, Text(e.reason or "-"), Text(runs))
+    console.print(table)
+    return EXIT_PASS
+
+
 def cmd_image_list(args: argparse.Namespace) -> int:
     cache = ImageCache()
     images = cache.list()
@@ -572,7 +635,26 @@ def _condor_parsers(cmd) -> None:
     p.add_argument(
         "--requirements",
         metavar="EXPR",
-        help="extra job requirements (ClassAd), e.g. to avoid bad hosts",
+        help="extra job requirements (ClassAd); bad hosts are avoided by the deny-list",
+    )
+    p.add_argument(
+        "--hosts-file",
+        type=Path,
+        metavar="FILE",
+        help="the execute-host deny-list the DAG keeps and follows (default "
+        "$VMHARNESS_HOSTS_FILE, else hosts.json in the image cache's root; see `vmharness hosts`)",
+    )
+    p.add_argument(
+        "--deny-policy",
+        metavar="RULES",
+        help="when a host is denied: after=N (infrastructure failures in a row, default 2), "
+        "window=N,rate=R (a share of the last N runs), expiry=DURATION (default 24h); "
+        "default $VMHARNESS_DENY",
+    )
+    p.add_argument(
+        "--no-deny-list",
+        action="store_true",
+        help="neither count failures against execute hosts nor avoid any",
     )
     p.add_argument(
         "--prep-maxjobs",
@@ -690,6 +772,9 @@ def cmd_submit(args: argparse.Namespace) -> int:
         node_python=args.node_python or "",
         job_python=args.job_python or "",
         package_proxy=args.package_proxy or None,
+        hosts_file=args.hosts_file,
+        deny_policy=args.deny_policy,
+        deny=not args.no_deny_list,
     )
     spec, runs = _load(args, need_images=True)
     schedd = condor.connect(opts.pool)
@@ -705,6 +790,8 @@ def cmd_submit(args: argparse.Namespace) -> int:
     cache = ImageCache()
     images = images_for(runs, cache, console, max_age_s=_max_age(args), rebuild=args.rebuild)
     done = condor.submit(folder, runs, images, opts, schedd, condor.cache_content_names(cache))
+    for note in done.notes:
+        err_console.print(Text.assemble(("warning:", "bold yellow"), " ", note), highlight=False)
     console.print(
         f"submitted {done.runs} run(s) as DAG cluster {done.cluster} "
         f"(--style {opts.style}) in {sum(done.seconds.values()):.1f}s"

@@ -27,7 +27,8 @@ from rich.console import Console
 
 from . import __version__
 from .errors import InfraError, SpecError, UsageError
-from .report import ReportInput, compare, render_terminal, write_all
+from .hosts import DenyList
+from .report import ReportInput, compare, infra_by_host, render_terminal, write_all
 from .report.jsonout import read_json
 from .results.model import PASSING, RunResult
 from .spec import KnownFailure, Run, Spec
@@ -185,13 +186,27 @@ class RunFolder:
         for run in self.db.runs():
             done = states.get(run.id, ("pending", 0))[0] == "done"
             entries.append((run, results.get(run.id) if done else None))
+        attempts = [(run.id, a) for run in self.db.runs() for a in self.db.attempts(run.id)]
         return ReportInput(
             title=meta.get("title", "vmharness"),
             run_dir=self.path,
             started=meta.get("started", ""),
             backend=meta.get("backend", "local"),
             entries=entries,
+            infra_by_host=infra_by_host(attempts, self._denied_hosts(meta)),
         )
+
+    def _denied_hosts(self, meta: dict) -> dict[str, str]:
+        """host -> why, from the deny-list a pool submit kept (meta condor.hosts_file)."""
+        path = (meta.get("condor") or {}).get("hosts_file") if isinstance(meta, dict) else None
+        if not path:
+            return {}
+        try:
+            deny = DenyList.read(Path(path))
+        except Exception:  # noqa: BLE001 - a report never fails on the list
+            return {}
+        now = time.time()
+        return {e.host: e.reason for e in deny.entries() if e.state(now) == "denied"}
 
     def write_reports(
         self, console: Console | None, previous: ReportInput | None = None, *, show: bool = True

@@ -167,7 +167,10 @@ def test_outcome_from_events() -> None:
     assert events.outcome_from(hist, None, "vm").ended == "poweroff"
     ran = VMOutcome(ended="timeout", seconds=3, accelerator="tcg", reason="slow", host="x")
     got = events.outcome_from(hist, ran, "qemu")
-    assert (got.ended, got.host) == ("timeout", "ep1")
+    # run-one's host is the slot's Machine (the pool's name); the event's alias only without it
+    assert (got.ended, got.host) == ("timeout", "x")
+    nameless = VMOutcome(ended="timeout", seconds=3, accelerator="tcg", reason="slow", host="")
+    assert events.outcome_from(hist, nameless, "qemu").host == "ep1"
     missing = events.outcome_from(hist, None, "qemu")
     assert missing.ended == "error" and "outcome.json" in missing.reason
 

@@ -100,7 +100,8 @@ def execute_point(run_dir: Path, run_id: str, result_json: str) -> None:
     for entry in sorted(staging.iterdir()):
         subprocess.run(["mcopy", "-i", str(work / "output.img"), str(entry), "::/"], check=True)
     shutil.rmtree(staging)
-    outcome = VMOutcome(ended="poweroff", seconds=4.0, accelerator="tcg", host="sandbox")
+    # run-one reports the slot's Machine (from .machine.ad): the pool's name for the host
+    outcome = VMOutcome(ended="poweroff", seconds=4.0, accelerator="tcg", host="ep1.pool")
     jobfile.write_outcome(work / jobfile.OUTCOME_FILE, outcome)
     (run_dir / "runs" / run_id / jobfile.JOB_LOG).write_text(EVENTS.format(run_id=run_id))
 
@@ -128,7 +129,8 @@ def test_prep_and_post_pass_the_runs_files_through_the_wire(submitted) -> None:
     assert nodes.node_post(run_dir, f"vm-{run_id}", 0, 2, "42.0") == nodes.POST_OK
     got = verdict(run_dir, run_id)
     assert got.status == "pass", got.reason
-    assert (got.host, got.accelerator, got.versions["condor_job"]) == ("ep1.example", "tcg", "42.0")
+    # the slot's Machine, not the address alias the event log has (startds may share one)
+    assert (got.host, got.accelerator, got.versions["condor_job"]) == ("ep1.pool", "tcg", "42.0")
     assert got.phases["guest:test"] == 1.0 and "disks" in got.phases
     stored = read_document(run_dir / "runs" / run_id / RUN_FILE, RESULT, RunResult)
     assert stored == got
@@ -154,3 +156,16 @@ def test_post_without_a_readable_job_json_says_why(submitted) -> None:
     got = verdict(run_dir, run_id)
     assert got.status == "died"
     assert "job description is missing" in got.reason and "not a job.json document" in got.reason
+
+
+def test_run_one_names_the_host_by_the_slots_machine(tmp_path, monkeypatch) -> None:
+    from vmharness.condor.execute import pool_name
+
+    ad = tmp_path / ".machine.ad"
+    ad.write_text('Cpus = 1\nMachine = "ep3.vmharness-pool"\nName = "slot1@ep3"\n')
+    monkeypatch.setenv("_CONDOR_MACHINE_AD", str(ad))
+    assert pool_name() == "ep3.vmharness-pool"
+    monkeypatch.setenv("_CONDOR_MACHINE_AD", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".machine.ad").write_text("Machine = 42\n")  # not a string: no name
+    assert pool_name() == ""

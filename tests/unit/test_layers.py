@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"condor"},
     {"engine"},
     {"rundir"},
-    {"report", "state"},
+    {"report", "state", "hosts"},
     {"results"},
     {"vm"},
     {"images"},

@@ -195,7 +195,9 @@ def outcome_from(
             "event log (was it ever submitted? see condor/*.dagman.out)",
         )
     if outcome is not None:
-        outcome.host = hist.host or outcome.host  # the execute point's name in the pool
+        # The execute point's name in the pool: run-one reads the slot's Machine; the event
+        # log has only an address's alias, the same for startds sharing a machine.
+        outcome.host = outcome.host or hist.host
         return outcome
     if style == "vm":  # VM universe: the job ends when the guest powers off
         ok = hist.return_value == 0

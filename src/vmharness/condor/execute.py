@@ -52,5 +52,24 @@ def run_one(job_file: Path, say: Callable[[str], None] = lambda _m: None) -> int
         )
     finally:
         shutil.rmtree(sandbox / "vm", ignore_errors=True)
+    outcome.host = pool_name() or outcome.host
     write_outcome(outcome_path, outcome)
     return 0
+
+
+def pool_name() -> str:
+    """This execute point as the pool names it: `Machine` in the slot's ad, which the starter
+    writes into the sandbox ($_CONDOR_MACHINE_AD). What the deny-list and requirements use:
+    several startds on one machine share its host name, but not their Machine."""
+    path = os.environ.get("_CONDOR_MACHINE_AD") or ".machine.ad"
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, sep, value = line.partition("=")
+                if sep and key.strip() == "Machine":
+                    value = value.strip()
+                    if len(value) >= 2 and value[0] == value[-1] == '"':
+                        return value[1:-1][:200]
+    except OSError:
+        pass
+    return ""

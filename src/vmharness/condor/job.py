@@ -179,6 +179,8 @@ class Plan:
     # `submit --package-proxy`: the HTTP proxy apt in every job's guest fetches through (a
     # site's caching proxy); None: straight from the mirrors.
     package_proxy: str | None = None
+    hosts_file: str = ""  # the execute-host deny-list the POST scripts keep (hosts.py); "": none
+    deny_policy: str = ""  # hosts.Policy.parse text; "": the defaults
 
 
 def write_plan(run_dir: Path, plan: Plan) -> None:

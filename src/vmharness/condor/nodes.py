@@ -28,6 +28,7 @@ from ..results.model import INFRA, RunResult
 from ..rundir import RunFolder
 from ..spec import Run
 from ..state import RunDB
+from . import deny
 from .events import JobHistory, outcome_from, read_history
 from .job import (
     CONDOR_DIR,
@@ -101,6 +102,8 @@ def node_pre(run_dir: Path, node: str) -> int:
     """PRE script of the VM node: nothing on a first try (the prep node made the disks); on a
     DAGMan retry, or a rerun from a rescue DAG, a fresh attempt: new disks, job.json."""
     run_id = node.rsplit("-", 1)[-1]
+    if _all_denied_before(run_dir, run_id):
+        return POST_FAILED  # the node fails at once, and RETRY ... UNLESS-EXIT 2 leaves it
     work = run_dir / "runs" / run_id / "work"
     db = RunDB.open_existing(run_dir)
     state, attempts = db.states()[run_id]
@@ -119,6 +122,31 @@ def node_pre(run_dir: Path, node: str) -> int:
         folder, run = _open(run_dir, run_id)
         prepare_attempt(folder, run, read_plan(run_dir))
     return 0
+
+
+def _all_denied_before(run_dir: Path, run_id: str) -> bool:
+    """Every execute point is on the deny-list: the run dies here, without a job that could
+    never match."""
+    try:
+        give_up = deny.given_up(run_dir)
+        if not give_up:
+            known = deny.deny_list(read_plan(run_dir))
+            give_up = deny.all_denied(known.denied()) if known else ""
+    except Exception:  # noqa: BLE001 - the list is advice; the node goes on without it
+        return False
+    if not give_up:
+        return False
+    folder, run = _open(run_dir, run_id)
+    state, attempts = folder.db.states()[run.id]
+    if state != "running":  # a retry: an attempt of its own (the one that died keeps its row)
+        attempts = folder.db.start_attempt(run.id)
+    folder.db.finish_attempt(
+        RunResult(run_id=run.id, status="died", attempt=max(1, attempts), reason=give_up),
+        final=True,
+    )
+    refresh_reports(folder)
+    print(f"vmharness: run {run_id} not submitted: {give_up}")
+    return True
 
 
 def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: str = "") -> int:
@@ -167,11 +195,26 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     if hist.job_id:
         result.versions = {**result.versions, "condor_job": hist.job_id}
     died = result.status in INFRA
+    # The execute host's record: a run that died there counts against it, a verdict for it.
+    _change, denied = deny.record_end(
+        plan, run_dir, run.id, result.host, died=died, reason=result.reason
+    )
+    give_up = ""
+    if died and hist.aborted and hist.started is None:
+        give_up = deny.given_up(run_dir)  # removed while idle: every execute point is denied
+        if give_up:
+            result.reason = give_up
+    elif died:
+        give_up = deny.all_denied(denied)
+        if give_up:
+            result.reason = f"{result.reason}; {give_up}" if result.reason else give_up
+            deny.give_up_now(run_dir, denied, give_up)
     # DAGMan counts the node's retries, and it retries only what died, so `retry` is how many
     # attempts died before this one. A removed job (by a person, or by our policy after a
     # hold) is not retried: the hold policy already released what a retry could fix.
     result.attempt = attempt
     final = settle(result, infra_before=retry, retries=max_retries, removed=hist.aborted)
+    final = final or bool(give_up)
     folder.db.finish_attempt(result, final=final)
     if log_dir.is_dir():
         runner.write_run_json(log_dir, result)

@@ -20,6 +20,7 @@ Layout added to the run folder:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pwd
@@ -27,16 +28,17 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .. import hosts
 from ..engine.attempt import ImageRef
 from ..errors import InfraError, UsageError
 from ..spec import Run
 from ..wire.files import replacing, sha256_file
 from ..wire.formats import OUTCOME
-from . import status
+from . import deny, job, status
 from .events import bindings
 from .job import (
     CONDOR_DIR,
@@ -96,6 +98,10 @@ class SubmitOptions:
     # outcome.json, and enforces the wall-clock timeout). None: decided by submit from the pool.
     vm_helper: bool | None = None
     package_proxy: str | None = None  # a site's caching HTTP proxy for apt in the guests
+    hosts_file: Path | None = None  # the execute-host deny-list (None: hosts.default_path())
+    deny_policy: str | None = None  # hosts.Policy text (None: $VMHARNESS_DENY, else defaults)
+    deny: bool = True  # keep and follow the deny-list at all
+    hosts_file_given: bool = False  # by --hosts-file or $VMHARNESS_HOSTS_FILE (else the default)
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -119,6 +125,14 @@ class SubmitOptions:
         self.job_python = self.job_python or default_py
         if self.owner is None and os.geteuid() == 0:
             self.owner = os.environ.get(POOL_ENV_USER) or None
+        if self.deny:
+            self.hosts_file_given = self.hosts_file is not None or bool(
+                os.environ.get(hosts.HOSTS_FILE_ENV)
+            )
+            self.hosts_file = (self.hosts_file or hosts.default_path()).absolute()
+            if self.deny_policy is None:
+                self.deny_policy = os.environ.get(hosts.POLICY_ENV, "")
+            hosts.Policy.parse(self.deny_policy)  # a bad one is a usage error now, not in POST
         if self.accel is None:
             self.accel = os.environ.get("VMHARNESS_ACCEL") or None
 
@@ -157,6 +171,7 @@ class Submitted:
     cluster: int
     runs: int
     seconds: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # warnings for the user
 
 
 # -- the pool ---------------------------------------------------------------------------------
@@ -330,6 +345,15 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
     }
     if opts.requirements:
         common["requirements"] = opts.requirements
+    if opts.deny:
+        common["requirements"] = " && ".join(
+            [f"({opts.requirements})"] * bool(opts.requirements) + [deny.REQUIREMENT]
+        )
+        # Every execute point denied (deny.sub says so): an idle job could never run.
+        common["periodic_remove"] = (
+            f"({common['periodic_remove']}) || "
+            f"(JobStatus == 1 && MY.{deny.ALL_DENIED_ATTR} =?= true)"
+        )
     if opts.style == "vm":
         vm = {
             "universe": "vm",
@@ -409,13 +433,16 @@ def _node_description(run_dir: Path, opts: SubmitOptions, args: str, out: str) -
 RUN_ONE_SH = """#!/bin/sh
 # vmharness --style qemu job: boot the VM that job.json describes, as the local backend does.
 # Only output.img, console.log and outcome.json go back; outcome.json always exists.
-export PATH="{path}:$PATH"
+# The execute point's PATH first (a site may put its own qemu there), then the usual folders.
+export PATH="$PATH:{path}"
 touch console.log
 rm -f outcome.json
 {python} -m vmharness.cli run-one job.json 2>run-one.err
 rc=$?
 if [ ! -s outcome.json ]; then
-    host=$(hostname)
+    ad=${{_CONDOR_MACHINE_AD:-.machine.ad}}
+    host=$(sed -n 's/^Machine = "\\(.*\\)"$/\\1/p' "$ad" 2>/dev/null)
+    host=${{host:-$(hostname)}}
     {{ echo "--- vmharness run-one failed (exit $rc) on $host; its stderr:"
        tail -n 40 run-one.err; }} >>console.log
     printf '{{"format": {outcome_format}, "ended": "error", "seconds": 0, "accelerator": "", '\\
@@ -467,6 +494,8 @@ def write_dag(
         queue_max_s=opts.queue_max_s,
         images={platform: _plan_image(s, opts) for platform, s in staged.items()},
         package_proxy=opts.package_proxy,
+        hosts_file=str(opts.hosts_file or "") if opts.deny else "",
+        deny_policy=opts.deny_policy or "",
     )
     write_plan(run_dir, plan)
     if opts.style == "qemu":
@@ -528,6 +557,12 @@ def write_dag(
     # rejects; the throttle's own syntax is MAXJOBS.
     with dag_file.open("a") as f:
         f.write(f"MAXJOBS prep {opts.prep_maxjobs}\n")
+    if opts.deny:
+        # Read by DAGMan at every VM node's submission; the POST scripts rewrite it.
+        known = deny.deny_list(plan)
+        deny.write_deny_sub(run_dir, known.denied() if known else [])
+        vm_sub = cdir / "vm.sub"
+        vm_sub.write_text(f"include : {cdir / deny.DENY_SUB}\n" + vm_sub.read_text())
     return dag_file
 
 
@@ -543,6 +578,28 @@ def give_to(owner: str, run_dir: Path, store: Path) -> None:
             continue
         for name in files:
             os.chown(os.path.join(root, name), pw.pw_uid, pw.pw_gid, follow_symlinks=False)
+
+
+def _hosts_file_for(owner: str, path: Path) -> None:
+    """The deny-list's folder must be the pool account's to write: its POST scripts keep it."""
+    pw = pwd.getpwnam(owner)
+    folder = path.parent
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        os.chown(folder, pw.pw_uid, pw.pw_gid)
+    _check_reachable(folder / "x", pw)
+    st = folder.stat()
+    if st.st_uid != pw.pw_uid and not st.st_mode & 0o002:
+        raise UsageError(
+            f"the pool's account {owner} cannot write the execute-host deny-list's folder "
+            f"{folder} (its POST scripts keep the list there)",
+            hint=f"give --hosts-file (or {hosts.HOSTS_FILE_ENV}) a file in a folder {owner} "
+            "may write, or that does not exist yet (e.g. under /tmp: it is made for "
+            f"{owner}), or submit with --no-deny-list",
+        )
+    for name in (path.name, path.name + ".lock"):
+        with contextlib.suppress(FileNotFoundError):
+            os.chown(folder / name, pw.pw_uid, pw.pw_gid)
 
 
 def _check_reachable(path: Path, pw: pwd.struct_passwd) -> None:
@@ -593,6 +650,17 @@ def submit(
 ) -> Submitted:
     """Stage the images, write the DAG, hand the folder to the pool's account, submit."""
     t0 = time.monotonic()
+    notes = []
+    if opts.owner and opts.deny and opts.hosts_file:
+        try:
+            _hosts_file_for(opts.owner, opts.hosts_file)
+        except UsageError as exc:
+            if opts.hosts_file_given:
+                raise
+            # The default list (in root's cache) is out of the pool account's reach: run
+            # without one rather than not at all, and say so.
+            opts = replace(opts, deny=False)
+            notes.append(f"{exc}; this DAG neither counts failures against hosts nor avoids any")
     run_dir = folder.path.resolve()
     store = (opts.image_store or run_dir / IMAGE_STORE).resolve()
     staged = stage_images(images, store, content_names)
@@ -604,6 +672,7 @@ def submit(
             "delivery": opts.delivery,
             "image_store": str(store),
             "pool": opts.pool or "local",
+            "hosts_file": str(opts.hosts_file or "") if opts.deny else "",
         }
     )
     if opts.owner:
@@ -618,6 +687,7 @@ def submit(
         cluster=cluster,
         runs=len(runs),
         seconds={"images": t1 - t0, "dag": t2 - t1, "submit": t3 - t2},
+        notes=notes,
     )
 
 
@@ -631,6 +701,8 @@ def resubmit(folder, schedd) -> int:
         raise UsageError("its DAG is still in the queue", hint=f"vmharness status {folder.path}")
     if not list(dag_file.parent.glob(f"{DAG_FILE}.rescue[0-9][0-9][0-9]")):
         raise UsageError("nothing to run again: every node of its DAG succeeded")
+    with contextlib.suppress(OSError, ValueError):  # a folder of an older vmharness: no list
+        deny.reset(folder.path.resolve(), job.read_plan(folder.path.resolve()))
     cluster = submit_dag(schedd, dag_file, rescue=True)
     folder.db.set_meta(condor_cluster=cluster)
     return cluster

@@ -56,6 +56,33 @@ STATUS_DESCRIPTIONS: dict[str, str] = {
 
 
 @dataclass
+class HostFailures:
+    """The attempts that died on one execute host: (run id, attempt, reason) each."""
+
+    host: str
+    failures: list[tuple[str, int, str]] = field(default_factory=list)
+    runs_ok: int = 0  # attempts on it that reached a verdict
+    denied: str = ""  # why it is on the deny-list now, if it is
+
+
+def infra_by_host(
+    attempts: Iterable[tuple[str, dict]], denied: dict[str, str]
+) -> list[HostFailures]:
+    """From (run id, attempt row) pairs: the hosts that had infrastructure failures."""
+    by: dict[str, HostFailures] = {}
+    for run_id, a in attempts:
+        host = a.get("host") or ""
+        if not host or not a.get("status"):
+            continue
+        h = by.setdefault(host, HostFailures(host=host, denied=denied.get(host, "")))
+        if a["status"] == "died":
+            h.failures.append((run_id, int(a.get("attempt") or 0), a.get("reason") or ""))
+        else:
+            h.runs_ok += 1
+    return sorted((h for h in by.values() if h.failures), key=lambda h: (-len(h.failures), h.host))
+
+
+@dataclass
 class ReportInput:
     """Everything a report shows. Entries keep the matrix order; a None result means pending."""
 
@@ -65,6 +92,9 @@ class ReportInput:
     backend: str
     entries: list[tuple[Run, RunResult | None]]
     generated: str = ""  # ISO time the report was made; empty: now
+    # Every attempt that died on an execute host (retried ones too), for the "infrastructure
+    # failures by execute host" section: one entry per host, most failures first.
+    infra_by_host: list[HostFailures] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.run_dir = Path(self.run_dir)

@@ -285,6 +285,19 @@ def build_view(inp: ReportInput, comparison: Comparison | None = None) -> dict:
         "failing_more": max(0, len(failing) - MAX_LISTED),
         "failing_total": len(failing),
         "comparison": _comparison_view(comparison) if comparison is not None else None,
+        "hosts": [
+            {
+                "host": h.host,
+                "died": len(h.failures),
+                "ok": h.runs_ok,
+                "denied": h.denied,
+                "failures": [
+                    {"id": r, "attempt": n, "reason": one_line(why, 300)}
+                    for r, n, why in h.failures[:MAX_LISTED]
+                ],
+            }
+            for h in inp.infra_by_host
+        ],
         "data": {"runs": runs_data, "sets": sets, "sources": srcs},
     }
 

@@ -193,6 +193,30 @@ def _was_now(c: Change) -> Text:
     return t
 
 
+def hosts_table(inp: ReportInput, limit: int) -> Table | None:
+    """Infrastructure failures by execute host (the list the OSG mails every night)."""
+    if not inp.infra_by_host:
+        return None
+    table = Table(title="Infrastructure failures by execute host", title_justify="left")
+    table.add_column("host")
+    table.add_column("died", justify="right")
+    table.add_column("ok", justify="right")
+    table.add_column("runs (attempt): last reason")
+    table.add_column("deny-list")
+    for h in inp.infra_by_host[:limit]:
+        runs = ", ".join(f"{r} ({n})" for r, n, _ in h.failures[:8])
+        if len(h.failures) > 8:
+            runs += f", ... {len(h.failures) - 8} more"
+        table.add_row(
+            Text(h.host),
+            str(len(h.failures)),
+            str(h.runs_ok),
+            Text(f"{runs}: {one_line(h.failures[-1][2], 120)}"),
+            Text(one_line(h.denied, 80) if h.denied else "-"),
+        )
+    return table
+
+
 def render_terminal(
     inp: ReportInput,
     console: Console | None = None,
@@ -207,6 +231,10 @@ def render_terminal(
     if bad is not None:
         console.print()
         console.print(bad)
+    hosts = hosts_table(inp, limit)
+    if hosts is not None:
+        console.print()
+        console.print(hosts)
     if comparison is not None:
         console.print()
         console.print(comparison_renderable(comparison, limit))

@@ -24,3 +24,5 @@ PLAN = Kind("plan.json", 1, limit=16 << 20)
 # results.json (report.jsonout.ResultsFile): the public machine-readable report. Its version
 # key is the public contract's, format_version.
 RESULTS = Kind("results.json", 1, key="format_version")
+# <cache root>/hosts.json (hosts.HostsFile): the execute-host deny-list, kept between matrices.
+HOSTS = Kind("hosts.json", 1, limit=4 << 20)
