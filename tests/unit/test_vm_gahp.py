@@ -545,8 +545,12 @@ def test_main_usage_errors_print_nothing_on_stdout(capsys: pytest.CaptureFixture
 def test_submit_with_vmharnesss_helper_brings_the_console_back() -> None:
     from vmharness.condor import submit
 
-    mine = submit.SubmitOptions(style="vm", vm_helper=True, node_python="/py", owner=None)
-    other = submit.SubmitOptions(style="vm", vm_helper=False, node_python="/py", owner=None)
+    def opts(**kw: object) -> submit.SubmitOptions:
+        base: dict = {"style": "vm", "node_python": "/py", "owner": None, "deny": False}
+        return submit.SubmitOptions(**base, **kw)
+
+    mine = opts(vm_helper=True)
+    other = opts(vm_helper=False)
     desc = submit.vm_description(Path("/r"), mine)
     assert desc["transfer_output_files"] == "output.img,console.log,outcome.json"
     assert desc["transfer_output_remaps"] == '"console.log = /r/runs/$(vmh_run)/console.log"'
@@ -555,11 +559,15 @@ def test_submit_with_vmharnesss_helper_brings_the_console_back() -> None:
     plain = submit.vm_description(Path("/r"), other)  # HTCondor's own helper: no console.log
     assert plain["transfer_output_files"] == "output.img" and "requirements" not in plain
     assert "My.VmharnessWallTimeout" not in plain
-    with_req = submit.SubmitOptions(
+    req = submit.vm_description(Path("/r"), opts(vm_helper=True, requirements='Machine != "x"'))
+    assert req["requirements"] == '(TARGET.VmharnessVMGahp =!= undefined) && (Machine != "x")'
+    # with the execute-host deny-list on, the helper's term keeps the deny-list's
+    denied = submit.SubmitOptions(
         style="vm", vm_helper=True, node_python="/py", owner=None, requirements='Machine != "x"'
     )
-    req = submit.vm_description(Path("/r"), with_req)["requirements"]
-    assert req == '(TARGET.VmharnessVMGahp =!= undefined) && (Machine != "x")'
+    both = submit.vm_description(Path("/r"), denied)["requirements"]
+    assert both.startswith('(TARGET.VmharnessVMGahp =!= undefined) && ((Machine != "x") && ')
+    assert "VmharnessDenied" in both
 
 
 # -- the registry -------------------------------------------------------------------------------

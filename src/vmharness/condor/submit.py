@@ -372,7 +372,8 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
             # vmharness-vm-gahp writes the serial console and how the VM ended into the
             # sandbox, and stops the VM at the wall-clock timeout itself
             mine = f"(TARGET.{VM_HELPER_ATTR} =!= undefined)"
-            vm["requirements"] = mine + (f" && ({opts.requirements})" if opts.requirements else "")
+            rest = common.get("requirements")  # the user's and the deny-list's
+            vm["requirements"] = mine + (f" && ({rest})" if rest else "")
             vm["transfer_output_files"] = f"output.img,console.log,{OUTCOME_FILE}"
             vm["transfer_output_remaps"] = f'"console.log = {logs}/console.log"'
             vm[f"My.{VM_WALL_ATTR}"] = "$(vmh_vm_wall)"
