@@ -105,18 +105,8 @@ PLAIN_COMMANDS = (
     "CLASSAD",
     "CLASSAD_END",
 )
-COMMANDS = (
-    "ASYNC_MODE_ON",
-    "ASYNC_MODE_OFF",
-    *VM_COMMANDS,
-    "QUIT",
-    "VERSION",
-    "COMMANDS",
-    "SUPPORT_VMS",
-    "RESULTS",
-    "CLASSAD",
-    "CLASSAD_END",
-)
+# What COMMANDS answers: the async switches, the VM commands, then the rest.
+COMMANDS = (*PLAIN_COMMANDS[:2], *VM_COMMANDS, *PLAIN_COMMANDS[2:])
 
 
 class GahpError(Exception):
