@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -241,6 +242,11 @@ def condor_pool() -> Iterator[dict[str, str]]:
         key, _, value = line.removeprefix("export ").partition("=")
         env[key] = value
     assert Path(env["CONDOR_CONFIG"]).is_file(), env
+    # The pool keeps its deny-list in a folder of its account's; the tests keep their own list
+    # (a fresh one each session), so that one test's dead runs never deny the host to the next.
+    hosts_dir = Path(env["VMHARNESS_HOSTS_FILE"]).parent
+    assert hosts_dir.stat().st_uid == pwd.getpwnam(env["VMHARNESS_POOL_USER"]).pw_uid, env
+    env["VMHARNESS_HOSTS_FILE"] = f"/tmp/vmh-test-hosts-{os.getpid()}-{time.time_ns()}/hosts.json"
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
             mp.setenv(key, value)

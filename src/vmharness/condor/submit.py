@@ -588,7 +588,7 @@ def _hosts_file_for(owner: str, path: Path) -> None:
     if not folder.exists():
         folder.mkdir(parents=True)
         os.chown(folder, pw.pw_uid, pw.pw_gid)
-    _check_reachable(folder / "x", pw)
+    _check_reachable(path, pw)
     st = folder.stat()
     if st.st_uid != pw.pw_uid and not st.st_mode & 0o002:
         raise UsageError(
@@ -612,7 +612,7 @@ def _check_reachable(path: Path, pw: pwd.struct_passwd) -> None:
             continue
         raise UsageError(
             f"the pool's account {pw.pw_name} cannot enter {parent} (mode "
-            f"{st.st_mode & 0o777:o}), so it cannot reach the run folder {path}",
+            f"{st.st_mode & 0o777:o}), so it cannot reach {path}",
             hint="choose an --out under a folder everyone may enter, e.g. /tmp",
         )
 
