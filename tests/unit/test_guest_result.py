@@ -100,10 +100,28 @@ def test_a_hostile_result_json_is_the_runs_verdict_and_reports_render(
     )
     assert result.status == "died"
     assert result.reason.startswith("result.json from the guest is not valid: ")
+    assert result.not_the_hosts  # the guest's doing: never counted against the execute host
     assert all(math.isfinite(v) for v in result.phases.values())
     data = check_reports(render_everything(tmp_path, result))
     (run,) = data["runs"]
     assert run["status"] == "died" and "not valid" in run["reason"]
+
+
+def test_only_what_the_guest_spoiled_is_not_the_execute_hosts_fault(tmp_path: Path) -> None:
+    """A corrupt output disk is the guest's doing; a disk the host could not read, a VM that
+    did not start or a guest that wrote nothing count against the host (hosts.py)."""
+    ctx = RunContext(run_dir=tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    console = tmp_path / "console.log"
+    corrupt = Extraction(error="output disk unreadable: FAT: bad cluster", by_guest=True)
+    host_io = Extraction(error="output disk unreadable: [Errno 5] Input/output error")
+    failed = VMOutcome(ended="error", seconds=0.1, accelerator="tcg", host="here", reason="x")
+    assert decide(RUN, POWEROFF, corrupt, out, console, ctx).not_the_hosts
+    assert not decide(RUN, POWEROFF, host_io, out, console, ctx).not_the_hosts
+    assert not decide(RUN, failed, Extraction(), out, console, ctx).not_the_hosts
+    nothing = decide(RUN, POWEROFF, Extraction(), out, console, ctx)
+    assert nothing.status == "died" and not nothing.not_the_hosts
 
 
 def test_a_result_json_too_large_to_read_says_so(tmp_path: Path) -> None:

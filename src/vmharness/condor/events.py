@@ -148,10 +148,15 @@ def read_history(log: Path, job_id: str = "") -> JobHistory:
     return next(reversed(jobs.values()), JobHistory())
 
 
+def removed_by_policy(hist: JobHistory) -> bool:
+    """The job was removed by the DAG's own policy (held or queued too long), not by a person."""
+    return "PeriodicRemove" in hist.abort_reason  # (see submit.py's policy expressions)
+
+
 def removal_reason(hist: JobHistory, plan: Plan | None = None) -> str:
     """Why a job left the queue without ending, in words."""
     why = hist.abort_reason
-    if "PeriodicRemove" in why:  # our own policy (see condor.py, _policy)
+    if removed_by_policy(hist):
         if hist.holds:
             return (
                 f"held for longer than {plan.held_max_s}s (--held-max) and removed; hold reason: "

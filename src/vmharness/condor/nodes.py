@@ -29,7 +29,7 @@ from ..rundir import RunFolder
 from ..spec import Run
 from ..state import RunDB
 from . import deny
-from .events import JobHistory, outcome_from, read_history
+from .events import JobHistory, outcome_from, read_history, removed_by_policy
 from .job import (
     CONDOR_DIR,
     JOB_FILE,
@@ -195,9 +195,17 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     if hist.job_id:
         result.versions = {**result.versions, "condor_job": hist.job_id}
     died = result.status in INFRA
-    # The execute host's record: a run that died there counts against it, a verdict for it.
+    if died and hist.aborted and not removed_by_policy(hist):
+        result.not_the_hosts = "removed by a person"
+    # The execute host's record: a run that died there counts against it (unless the guest or
+    # a person caused it), a verdict for it.
     _change, denied = deny.record_end(
-        plan, run_dir, run.id, result.host, died=died, reason=result.reason
+        plan,
+        run_dir,
+        run.id,
+        result.host,
+        died=died and not result.not_the_hosts,
+        reason=result.reason,
     )
     give_up = ""
     if died and hist.aborted and hist.started is None:

@@ -268,10 +268,12 @@ def decide(
     agent, invalid = _read_result_json(out_dir / RESULT_FILE)
     if outcome.ended == "timeout":
         return verdict("timeout", outcome.reason + _partial(extraction))
+    # What the guest wrote, unreadable: the run's doing, not the execute host's (hosts.py).
+    guest = "the guest spoiled what it sent back"
     if not extraction.files and extraction.error:
-        return verdict("died", extraction.error)
+        return verdict("died", extraction.error, not_the_hosts=guest if extraction.by_guest else "")
     if invalid:
-        return verdict("died", invalid)
+        return verdict("died", invalid, not_the_hosts=guest)
     if agent is None:
         return verdict("died", _why_no_result(out_dir, console_log))
     versions = {

@@ -38,6 +38,7 @@ class Extraction:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (path as shown, reason)
     bytes: int = 0
     error: str | None = None  # set when the disk, or a part of it, could not be read
+    by_guest: bool = False  # the error is what the guest wrote (a corrupt FAT), not the host
     seconds: float = 0.0
 
     @property
@@ -75,6 +76,7 @@ def extract(
             _Copier(reader, dest, out, file_limit, total_limit, deadline_s).run()
     except CorruptFilesystem as exc:
         out.error = f"output disk unreadable: {exc}"
+        out.by_guest = True
     except OutOfTime:
         out.error = f"output disk not read within its {deadline_s:g}-second deadline"
     except OSError as exc:

@@ -89,3 +89,6 @@ class RunResult:
     phases: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str] = field(default_factory=dict)  # e.g. guest kernel, package versions
     hold_reason: str = ""
+    # For `died`: why it does not count against its execute host ("" = it does; hosts.py).
+    # The guest spoiling what it sends back, or a person removing the job, is not the host's.
+    not_the_hosts: str = ""
