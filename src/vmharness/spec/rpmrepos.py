@@ -58,7 +58,11 @@ def from_mapping(
         )
     gpgcheck = values.get("gpgcheck", True)
     if not isinstance(gpgcheck, bool):
-        raise bad("gpgcheck", f"expected true or false, got {gpgcheck!r}")
+        raise bad(
+            "gpgcheck",
+            f"expected true or false, got {gpgcheck!r}",
+            hint="false only for a repository of unsigned packages you trust (a test's own)",
+        )
     options: list[tuple[str, str]] = [
         ("id", repo_id),
         ("name", repo_id),
@@ -69,7 +73,12 @@ def from_mapping(
     if "gpgkey" in values:
         gpgkey = values["gpgkey"]
         if not isinstance(gpgkey, str) or not URL_RE.match(gpgkey.strip()):
-            raise bad("gpgkey", f"expected the URL of a key, got {gpgkey!r}")
+            raise bad(
+                "gpgkey",
+                f"expected the URL of a key, got {gpgkey!r}",
+                hint="e.g. https://repo.example.org/RPM-GPG-KEY-example or "
+                "file:///etc/pki/rpm-gpg/RPM-GPG-KEY-example",
+            )
         options.append(("gpgkey", gpgkey.strip()))
     if "priority" in values:
         priority = values["priority"]
@@ -81,6 +90,7 @@ def from_mapping(
             raise bad(
                 "priority",
                 f"expected a number from {MIN_PRIORITY} to {MAX_PRIORITY}, got {priority!r}",
+                hint="dnf's priority: the lower wins; leave it out for dnf's default (99)",
             )
         options.append(("priority", str(priority)))
     return RpmRepo(sections=(tuple(options),))
@@ -105,7 +115,7 @@ def from_repo_file(path: Path, *, spec_file: str | Path, line: int | None, field
     try:
         parser.read_string(text, source=str(path))
     except configparser.Error as exc:
-        found = re.search(r"line:? \[?(\d+)", str(exc))
+        found = re.search(r"line\D{0,4}(\d+)", str(exc))
         raise SpecError(
             f"not a .repo file: {exc.message if hasattr(exc, 'message') else exc}".splitlines()[0],
             file=path,
