@@ -28,6 +28,8 @@ from pathlib import Path
 import pytest
 from conftest import run_cli, vm_skip_reason
 
+from vmharness.wire.guest import PROXY_FALLBACK_NOTE
+
 pytestmark = [
     pytest.mark.vm,
     pytest.mark.skipif(
@@ -253,6 +255,12 @@ package_sets:
     assert "install failed" in runs[missing]["reason"]
     assert "vmharness-no-such-package" in (output(missing) / "install.log").read_text()
 
+    if shutil.which("apt-cacher-ng"):
+        # dnf went through vmharness's package cache: three runs installed 1.0, the repository
+        # served it once.
+        assert "package proxy: http://10.0.2.2:" in log and PROXY_FALLBACK_NOTE not in log
+        served = [r for r in requests if r.endswith(f"vmharness-hello-1.0-{RELEASE}.noarch.rpm")]
+        assert len(served) == 1, requests
     # The repositories were really read by dnf: their metadata and the packages it installed.
     assert any(r.endswith("/repodata/repomd.xml") for r in requests), requests
     assert any(r.endswith(f"vmharness-hello-2.0-{RELEASE}.noarch.rpm") for r in requests), requests
