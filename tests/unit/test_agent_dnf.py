@@ -209,3 +209,74 @@ def test_the_python_check_can_fail(tmp_path: Path) -> None:
         text=True,
     )
     assert proc.returncode != 0 and "3.7" in proc.stdout
+
+
+FAKE_DNF = """#!/bin/sh
+# A stand-in for dnf (the boundary this test fakes): fails as libcurl does when a repository
+# file sends it through a proxy, succeeds otherwise. Logs its arguments.
+echo "fake dnf $*" >> "$FAKE_DNF_LOG"
+if grep -q '^proxy=' "$REPO_FILE"; then
+  echo "Curl error (7): Couldn't connect to server for http://10.0.2.2:3142 [Failed to connect]"
+  exit 1
+fi
+exit 0
+"""
+
+
+def test_dnf_through_a_proxy_that_fails_goes_direct_and_says_so(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy answered the agent's probe, then failed dnf: the agent rewrites the repository
+    file without it, runs dnf again and says so in its log (never a false `install`)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dnf").write_text(FAKE_DNF)
+    (bin_dir / "dnf").chmod(0o755)
+    repo_file = tmp_path / "yum.repos.d" / "vmharness-install.repo"
+    out = tmp_path / "out"
+    out.mkdir()
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("REPO_FILE", str(repo_file))
+    monkeypatch.setenv("FAKE_DNF_LOG", str(tmp_path / "calls.log"))
+    monkeypatch.setattr(agent, "OUTPUT_DIR", str(out))
+    monkeypatch.setattr(agent, "REPO_FILE_INSTALL", str(repo_file))
+    monkeypatch.setattr(agent.time, "sleep", lambda s: None)
+    a = agent.Agent()
+    a.pm = "dnf"
+    logged: list[str] = []
+    monkeypatch.setattr(a, "log", logged.append)
+    a.use_proxy("http://10.0.2.2:3142")  # as choose_proxy does when the probe answers
+    a.install([{"id": "v1", "baseurl": "http://10.0.2.2:8080/v1/", "gpgcheck": "0"}], ["hello"])
+    assert "proxy=" not in repo_file.read_text()  # rewritten without it
+    assert "baseurl=http://10.0.2.2:8080/v1/" in repo_file.read_text()  # the guest's own address
+    assert any(agent.PROXY_FALLBACK_NOTE in line for line in logged), logged
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls == [
+        "fake dnf -y --setopt=install_weak_deps=False makecache",  # through the proxy: fails
+        "fake dnf -y --setopt=install_weak_deps=False makecache",  # direct
+        "fake dnf -y --setopt=install_weak_deps=False install hello",
+    ]
+    assert "Curl error (7)" in (out / "install.log").read_text()
+
+
+def test_a_repository_that_cannot_be_reached_is_the_network_not_install(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "dnf").write_text(
+        "#!/bin/sh\necho 'Curl error (6): Could not resolve host name for http://nowhere/'\n"
+        "exit 1\n"
+    )
+    (bin_dir / "dnf").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setattr(agent, "OUTPUT_DIR", str(tmp_path))
+    monkeypatch.setattr(agent, "REPO_FILE_INSTALL", str(tmp_path / "r.repo"))
+    monkeypatch.setattr(agent.time, "sleep", lambda s: None)
+    a = agent.Agent()
+    a.pm = "dnf"
+    monkeypatch.setattr(a, "log", lambda line: None)
+    with pytest.raises(agent.PhaseFailed) as info:
+        a.install([{"id": "far", "baseurl": "http://nowhere/"}], ["hello"])
+    assert info.value.counts_as == "network" and info.value.unreachable
+    assert (tmp_path / "install.log").read_text().count("$ dnf -y") == 3  # makecache, 3 tries
