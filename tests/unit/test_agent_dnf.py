@@ -3,6 +3,7 @@ tests/vm/test_vm_dnf.py), and the agent's minimum Python version (3.6, checked b
 
 from __future__ import annotations
 
+import ast
 import configparser
 import importlib.machinery
 import importlib.util
@@ -193,6 +194,14 @@ def test_the_agent_runs_on_python_3_6() -> None:
         text=True,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_agents_grammar_is_python_3_6s() -> None:
+    """Python's own parser, told to take 3.6's grammar, also reads the agent (no walrus,
+    no positional-only parameters, no parenthesised context managers...)."""
+    ast.parse(AGENT.read_text(), filename=str(AGENT), feature_version=(3, 6))
+    with pytest.raises(SyntaxError):
+        ast.parse("if (x := 1):\n    pass\n", feature_version=(3, 6))
 
 
 def test_the_python_check_can_fail(tmp_path: Path) -> None:
