@@ -92,7 +92,8 @@ def build_shim(top: Path) -> Path:
     package with a scriptlet requires. Installed by dnf as a dependency of the first."""
     spec = top / "SPECS" / "vmharness-debian-shim.spec"
     spec.write_text(
-        "Name: vmharness-debian-shim\nVersion: 1\nRelease: 1\nSummary: /bin/sh, from dpkg\n"
+        f"Name: vmharness-debian-shim\nVersion: 1\nRelease: {RELEASE}\n"
+        "Summary: /bin/sh, from dpkg\n"
         "License: MIT\nBuildArch: noarch\nProvides: /bin/sh\n%description\nA shim.\n%files\n"
     )
     subprocess.run(
@@ -100,7 +101,7 @@ def build_shim(top: Path) -> Path:
         check=True,
         capture_output=True,
     )
-    return top / "RPMS" / "noarch" / "vmharness-debian-shim-1-1.noarch.rpm"
+    return top / "RPMS" / "noarch" / f"vmharness-debian-shim-1-{RELEASE}.noarch.rpm"
 
 
 def publish(folder: Path, *rpms: Path) -> None:
