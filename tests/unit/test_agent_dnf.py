@@ -289,3 +289,52 @@ def test_a_repository_that_cannot_be_reached_is_the_network_not_install(
         a.install([{"id": "far", "baseurl": "http://nowhere/"}], ["hello"])
     assert info.value.counts_as == "network" and info.value.unreachable
     assert (tmp_path / "install.log").read_text().count("$ dnf -y") == 3  # makecache, 3 tries
+
+
+FAKE_APT = """#!/bin/sh
+# A stand-in for apt-get: through the proxy (its configuration file exists) a package comes
+# back with another size (a stale copy in the cache); direct, all is well. Logs its arguments.
+echo "fake apt-get $*" >> "$FAKE_APT_LOG"
+case "$*" in *install*)
+  if [ -e "$PROXY_CONF" ]; then
+    echo "E: Failed to fetch http://x/hello.deb  File has unexpected size (610 != 612)."
+    exit 100
+  fi;;
+esac
+exit 0
+"""
+
+
+def test_apt_through_a_cache_with_a_stale_copy_goes_direct_with_lists_fetched_again(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apt's lists of a repository on the host name it as the host's proxy saw it (127.0.0.1):
+    going direct, the agent fetches them again at 10.0.2.2 before it installs."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apt-get").write_text(FAKE_APT)
+    (bin_dir / "apt-get").chmod(0o755)
+    sources, proxy_conf = tmp_path / "sources.list", tmp_path / "00proxy"
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("PROXY_CONF", str(proxy_conf))
+    monkeypatch.setenv("FAKE_APT_LOG", str(tmp_path / "calls.log"))
+    for name, value in (("OUTPUT_DIR", tmp_path), ("SOURCES_LIST", sources)):
+        monkeypatch.setattr(agent, name, str(value))
+    monkeypatch.setattr(agent, "PROXY_CONF", str(proxy_conf))
+    monkeypatch.setattr(agent, "LISTS_DIR", str(tmp_path / "lists"))
+    monkeypatch.setattr(agent.time, "sleep", lambda s: None)
+    monkeypatch.setattr(
+        agent.os.path,
+        "exists",
+        lambda p, real=agent.os.path.exists: False if p == "/usr/bin/eatmydata" else real(p),
+    )
+    a = agent.Agent()
+    logged: list[str] = []
+    monkeypatch.setattr(a, "log", logged.append)
+    a.use_proxy("http://10.0.2.2:3142")
+    a.install(["deb [trusted=yes] http://10.0.2.2:8080/v1/ ./"], ["hello"])
+    assert "10.0.2.2:8080" in sources.read_text() and not proxy_conf.exists()
+    assert any(agent.PROXY_FALLBACK_NOTE in line for line in logged), logged
+    calls = [c.split()[-1] for c in (tmp_path / "calls.log").read_text().splitlines()]
+    # update and install through the proxy; then update (again, direct) and install.
+    assert calls == ["pkgCacheFile::Generate=false", "hello"] * 2
