@@ -8,7 +8,7 @@ import importlib.util
 import shutil
 import subprocess
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
 
 import pytest
 
@@ -56,7 +56,7 @@ def test_package_lists_match_dpkg_query(
         ["dpkg", "--print-architecture"], capture_output=True, text=True, check=True
     ).stdout.strip()
     monkeypatch.setattr(agent, "NATIVE_ARCH", arch)
-    agent.Agent.list_packages(None, "packages.txt")
+    agent.Agent.list_packages(SimpleNamespace(pm="apt"), "packages.txt")
     fmt = "${Package}:${Architecture}\t${Version}\t${Status}\n"
     out = subprocess.run(["dpkg-query", "-W", "-f", fmt], capture_output=True, text=True).stdout
     expected = sorted(

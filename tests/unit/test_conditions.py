@@ -41,8 +41,7 @@ def make_run(label: str, env_value: str) -> Run:
     )
 
 
-@pytest.fixture(scope="module")
-def agent() -> ModuleType:
+def agent_module() -> ModuleType:
     loader = importlib.machinery.SourceFileLoader("vmharness_agent_conditions", str(AGENT))
     spec = importlib.util.spec_from_loader(loader.name, loader)
     assert spec is not None
@@ -51,11 +50,17 @@ def agent() -> ModuleType:
     return module
 
 
+@pytest.fixture(scope="module")
+def agent() -> ModuleType:
+    return agent_module()
+
+
 @pytest.mark.parametrize("text", ODD)
 def test_any_character_in_a_label_or_env_value_reads_back_the_same(text: str) -> None:
     run = make_run(text, f"value {text}")
     toml = conditions_for(run, main_source=MAIN, suite="bookworm").to_toml()
     cond = tomllib.loads(toml)
+    assert cond == agent_module().read_toml(toml)  # the agent's reader for Python < 3.11
     assert cond["package_set"] == text and cond["source"] == f"source {text}"
     assert cond["test"]["command"] == f"echo '{text}' && ./run"
     assert cond["test"]["env"]["GREETING"] == f"value {text}"
@@ -78,6 +83,7 @@ def test_the_agent_reads_the_conditions_the_host_writes(
         "package_set": "Web server 😀",
         "network": True,
         "debug": False,
+        "selinux": "enforcing",
         "repositories": {
             "install": [
                 "deb http://deb.debian.org/debian bookworm main",
@@ -112,3 +118,38 @@ def test_optional_fields_are_left_out_and_the_env_keeps_its_own_packages_line() 
     assert "command" not in read["test"] and "results" not in read["test"]
     assert read["test"]["env"] == {"VMHARNESS_PACKAGES": "mine"}
     assert 'package_set = "k"\n' in text  # one `key = "value"` line: what shell tests grep for
+
+
+def test_rpm_repositories_the_package_manager_and_selinux_read_back_the_same(
+    agent: ModuleType,
+) -> None:
+    """What a dnf guest gets: read the same by tomllib and by the agent's own reader (for
+    guests whose Python is older than 3.11)."""
+    section = (("id", "v1"), ("baseurl", "http://10.0.2.2:8080/el$releasever/$basearch/"))
+    cond = Conditions(
+        run_id="1",
+        platform="p",
+        source="s",
+        package_set="k",
+        network=True,
+        packages=("a",),
+        rpm_install=(section, (("id", "odd 😀"), ("gpgkey", 'q"uo\\te\ttab'))),
+        rpm_upgrade=((("id", "v2"), ("gpgcheck", "0")),),
+        package_manager="dnf",
+        selinux="permissive",
+    )
+    text = cond.to_toml()
+    read = tomllib.loads(text)
+    assert read == agent.read_toml(text)
+    assert read["package_manager"] == "dnf" and read["selinux"] == "permissive"
+    assert read["rpm"]["install"][0] == dict(section)
+    assert read["rpm"]["upgrade"] == [{"id": "v2", "gpgcheck": "0"}]
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["a = ", "a = 1\na = 2", "[a\n", 'a = "x', "a = [1 2]", 'a = """x"""', "a = 1 b"],
+)
+def test_the_agents_own_toml_reader_refuses_what_is_not_toml(agent: ModuleType, text: str) -> None:
+    with pytest.raises(ValueError, match="TOML line"):
+        agent.read_toml(text)

@@ -25,7 +25,7 @@ from ..images.extract import Extraction, extract
 from ..results import parse_results
 from ..results.classify import classify
 from ..results.model import INFRA, RunResult, TestCounts
-from ..spec import MAIN_REPO, KnownFailure, Run
+from ..spec import MAIN_REPO, KnownFailure, RpmRepo, Run, repository_keys
 from ..vm.job import VMJob, VMOutcome
 from ..wire.codec import WireError, read_json, write_document
 from ..wire.conditions import Conditions
@@ -136,21 +136,34 @@ def conditions_for(
     """The conditions of one run. `main_source` is the image's own apt line, `suite` its suite;
     `package_proxy` goes only to runs that fetch packages (network on, something to install)."""
 
-    def lines(names: tuple[str, ...]) -> tuple[str, ...]:
-        repos = dict(run.repositories)
+    repos = dict(run.repositories)
+
+    def lines(keys: tuple[str, ...]) -> tuple[str, ...]:
         out = []
-        for name in names:
-            line = main_source if name == MAIN_REPO else repos.get(name)
-            if line:  # repos the image already has (the OSG's names) need no line
+        for key in keys:
+            line = main_source if key == MAIN_REPO else repos.get(key)
+            if isinstance(line, str) and line:  # the image's own repositories need no line
                 out.append(line.replace("{suite}", suite))
         return tuple(out)
 
-    install = lines(run.source.repos)
+    def rpm(keys: tuple[str, ...]) -> tuple[tuple[tuple[str, str], ...], ...]:
+        out: list[tuple[tuple[str, str], ...]] = []
+        for key in keys:
+            repo = repos.get(key)
+            if isinstance(repo, RpmRepo):
+                out.extend(s for s in repo.sections if s not in out)
+        return tuple(out)
+
+    install_keys, upgrade_keys = repository_keys(run.source)
+    install = lines(install_keys)
     # Keeping the image's own sources when the spec only names `main` avoids a needless rewrite.
     if install == (main_source,):
         install = ()
-    upgrade = lines(run.source.upgrade_to)
-    apt_runs = run.vm.network != "none" and bool(install or upgrade or run.package_set.packages)
+    upgrade = lines(upgrade_keys)
+    rpm_install, rpm_upgrade = rpm(install_keys), rpm(upgrade_keys)
+    apt_runs = run.vm.network != "none" and bool(
+        install or upgrade or rpm_install or rpm_upgrade or run.package_set.packages
+    )
     return Conditions(
         run_id=run.id,
         platform=run.platform.name,
@@ -167,6 +180,10 @@ def conditions_for(
         results_file=run.test.results,
         has_suite=run.test.suite is not None,
         package_proxy=package_proxy if apt_runs else None,
+        rpm_install=rpm_install,
+        rpm_upgrade=rpm_upgrade,
+        package_manager=None if run.vm.package_manager == "auto" else run.vm.package_manager,
+        selinux="enforcing" if run.package_set.selinux else "permissive",
     )
 
 

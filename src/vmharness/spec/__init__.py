@@ -22,6 +22,7 @@ Modules, bottom up (imports run one way, upwards in this list never):
     fields     the declarative table of spec keys; key lists and the JSON Schema
     known_failures
     merge      the accumulator both dialects read into, and the merge of a folder
+    rpmrepos   RPM repositories: baseurl mappings, .repo files, the OSG name table
     osg        the OSG's parameter-file dialect
     ours       our dialect (and the file-level reading both dialects share)
     load       load_spec
@@ -51,6 +52,7 @@ from .models import (
     DEFAULT_WALL_MARGIN_S,
     MAIN_REPO,
     NETWORK_MODES,
+    PACKAGE_MANAGERS,
     RESULT_FORMATS,
     Boot,
     KnownFailure,
@@ -58,13 +60,16 @@ from .models import (
     Network,
     PackageSet,
     Platform,
+    Repository,
     ResultFormat,
+    RpmRepo,
     Run,
     Source,
     Spec,
     TestSettings,
     VMSettings,
     is_recipe_path,
+    repository_keys,
 )
 from .units import parse_duration, parse_size_mib
 
@@ -79,6 +84,7 @@ __all__ = [
     "MAIN_REPO",
     "MATRIX_KEYS",
     "NETWORK_MODES",
+    "PACKAGE_MANAGERS",
     "RESULT_FORMATS",
     "TEST_KEYS",
     "TOP_KEYS",
@@ -89,7 +95,9 @@ __all__ = [
     "Network",
     "PackageSet",
     "Platform",
+    "Repository",
     "ResultFormat",
+    "RpmRepo",
     "Run",
     "Source",
     "Spec",
@@ -105,4 +113,5 @@ __all__ = [
     "load_spec",
     "parse_duration",
     "parse_size_mib",
+    "repository_keys",
 ]

@@ -10,7 +10,18 @@ from pathlib import Path
 
 from vmharness.errors import SpecError
 
-from .models import MAX_RUNS, Matrix, Run, Source, Spec, is_recipe_path
+from .models import (
+    MAX_RUNS,
+    Matrix,
+    Repository,
+    RpmRepo,
+    Run,
+    Source,
+    Spec,
+    is_recipe_path,
+    repository_keys,
+)
+from .rpmrepos import osg_repo
 from .units import format_size_mib
 from .yamlread import where
 
@@ -136,7 +147,7 @@ def expand(spec: Spec) -> list[Run]:
                 field="platforms",
                 hint=hint,
             )
-    repos_of: dict[str, tuple[tuple[str, str], ...]] = {}
+    repos_of: dict[str, tuple[tuple[str, Repository], ...]] = {}
     seen: set[tuple[str, str, str]] = set()
     runs: list[Run] = []
     test, vm = spec.test, spec.vm
@@ -173,9 +184,27 @@ def expand(spec: Spec) -> list[Run]:
     return runs
 
 
-def _repositories_for(spec: Spec, source: Source) -> tuple[tuple[str, str], ...]:
-    out: list[tuple[str, str]] = []
-    for name in (*source.repos, *source.upgrade_to):
-        if name in spec.repositories and all(n != name for n, _ in out):
-            out.append((name, spec.repositories[name]))
+def _repositories_for(spec: Spec, source: Source) -> tuple[tuple[str, Repository], ...]:
+    """What a source's repository keys (models.repository_keys) stand for: the spec's own
+    repositories, or for an OSG source the OSG table's (names it has not are the image's)."""
+    out: list[tuple[str, Repository]] = []
+    install, upgrade = repository_keys(source)
+    for key in (*install, *upgrade):
+        if any(k == key for k, _ in out):
+            continue
+        if source.series is None:
+            if key in spec.repositories:
+                out.append((key, spec.repositories[key]))
+            continue
+        series, name = key.split("/", 1)
+        repo = osg_repo(spec.osg_repositories, series, name)
+        if repo is not None:
+            if any(k.split("/", 1)[1] == name for k, _ in out):  # one name, two series
+                repo = RpmRepo(
+                    sections=tuple(
+                        tuple((k, f"{v}-{series}" if k == "id" else v) for k, v in section)
+                        for section in repo.sections
+                    )
+                )
+            out.append((key, repo))
     return tuple(out)

@@ -8,7 +8,8 @@ suggestions and `vmharness schema` follow by themselves.
 
 Types are written in a small language, which `json_schema` turns into JSON Schema:
 
-    text | label | name | package | path | relpath | command | apt_source | date | scalar
+    text | label | name | package | path | relpath | command | apt_source | repo_file | url
+    date | scalar
     int | bool | duration | size | choice | env_name | known_failure_row
     @SECTION              a mapping whose keys are the fields of SECTION
     list[T]               a list of T
@@ -33,6 +34,7 @@ from .models import (
     MAX_OUTPUT_SIZE_MIB,
     MIN_OUTPUT_SIZE_MIB,
     NETWORK_MODES,
+    PACKAGE_MANAGERS,
     RESULT_FORMATS,
 )
 from .units import DURATION_PATTERN, MAX_DURATION_S, SIZE_PATTERN
@@ -91,9 +93,17 @@ FIELDS: tuple[Field, ...] = (
     Field(
         "",
         "repositories",
-        "map[name: apt_source]",
-        help=f"apt source lines by repository name ('{MAIN_REPO}', the platform's own mirror, "
-        "needs none); {suite} becomes the platform's suite",
+        "map[name: apt_source | repo_file | @rpm_repository]",
+        help=f"repositories by name ('{MAIN_REPO}', the platform's own, needs none): an apt "
+        "source line ({suite} becomes the platform's suite), an RPM repository {baseurl: URL} "
+        "or a .repo file (relative to this one)",
+    ),
+    Field(
+        "",
+        "osg_repositories",
+        "path",
+        help="a TOML file (relative to this one) adding to or replacing entries of the table "
+        "that maps the OSG parameter files' repository names to RPM repositories",
     ),
     Field("", "test", "@test", help="what runs inside the VM, and how its results are read"),
     Field("", "vm", "@vm", help="the VM every run gets"),
@@ -134,6 +144,30 @@ FIELDS: tuple[Field, ...] = (
     Field("package_set", "label", "label", required=True, help="the set's name in reports"),
     Field("package_set", "packages", "list[package]", required=True, help="packages to install"),
     Field("package_set", "selinux", "bool", default=True, help="SELinux enforcing (OSG)"),
+    # -- a value of `repositories`: an RPM repository ---------------------------------------
+    Field(
+        "rpm_repository",
+        "baseurl",
+        "url",
+        required=True,
+        help="the repository's URL; dnf fills in $releasever and $basearch in the guest",
+    ),
+    Field(
+        "rpm_repository",
+        "gpgcheck",
+        "bool",
+        default=True,
+        help="check the packages' signatures (against gpgkey, or the keys the guest has)",
+    ),
+    Field("rpm_repository", "gpgkey", "url", help="the URL of the key the packages are signed by"),
+    Field(
+        "rpm_repository",
+        "priority",
+        "int",
+        minimum=1,
+        maximum=99,
+        help="dnf's priority (lower wins; the OSG's repositories have 98)",
+    ),
     # -- test -------------------------------------------------------------------------------
     Field(
         "test",
@@ -223,6 +257,15 @@ FIELDS: tuple[Field, ...] = (
         default=False,
         help="keep the VM up after the test (root logs in on the console)",
     ),
+    Field(
+        "vm",
+        "package_manager",
+        "choice",
+        default="auto",
+        choices=PACKAGE_MANAGERS,
+        help="the guest's package manager: auto (what the repositories are for and the guest "
+        "has: apt, else dnf, else yum) or one of them (a Debian guest may have dnf too)",
+    ),
     # -- an item of `known_failures` --------------------------------------------------------
     Field("known_failure", "test", "label", required=True, help="the test function"),
     Field("known_failure", "module", "label", required=True, help="the test module"),
@@ -257,6 +300,7 @@ SOURCE_KEYS = keys("source")
 PACKAGE_SET_KEYS = keys("package_set")
 KNOWN_FAILURE_KEYS = keys("known_failure")
 PLATFORM_MAP_KEYS = keys("platform_map_entry")
+RPM_REPOSITORY_KEYS = keys("rpm_repository")
 
 
 # -- JSON Schema ---------------------------------------------------------------------------
@@ -284,6 +328,8 @@ _SCALARS: dict[str, dict[str, Any]] = {
         "anyOf": [{"type": "string", "pattern": r"^\s*\S+\s*$"}, {"type": "number"}],
     },
     "apt_source": {"type": "string", "pattern": r"^\s*deb(-src)?\s+\S[^\n]*$"},
+    "repo_file": {"type": "string", "pattern": r"^[^\n]*\.repo\s*$"},
+    "url": {"type": "string", "pattern": r"^\s*(https?|ftp|file)://\S+\s*$"},
     "date": {"type": "string", "format": "date", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
     "scalar": {"type": ["string", "number", "null"]},
     "bool": {"type": "boolean"},

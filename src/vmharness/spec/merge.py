@@ -21,11 +21,14 @@ from .models import (
     Network,
     PackageSet,
     Platform,
+    Repository,
+    RpmRepo,
     Source,
     Spec,
     TestSettings,
     VMSettings,
 )
+from .rpmrepos import load_osg_table
 from .yamlread import Loc, closest, where
 
 # How a platform is said to run: ("recipe", name-or-abs-path) or ("image", Path).
@@ -58,7 +61,9 @@ class Acc:
     )
     test: tuple[TestSettings, Loc] | None = None
     vm: tuple[VMSettings, bool, Loc] | None = None
-    repositories: dict[str, tuple[str, Loc]] = field(default_factory=dict)
+    repositories: dict[str, tuple[Repository, Loc]] = field(default_factory=dict)
+    # Entries of the spec's osg_repositories files, over the built-in table's.
+    osg_repositories: dict[str, dict[str, Any]] = field(default_factory=dict)
     known_failures: list[KnownFailure] = field(default_factory=list)
     first_plain_file: Path | None = None
     # Where values were written, for checks made after loading ("vm.cpus" -> (file, line)).
@@ -133,9 +138,24 @@ def merge(path: Path, acc: Acc, cli_map: dict[str, tuple[Decl, Loc]]) -> Spec:
                         field=f"{draft.fld}.{sub}",
                         hint=(f"did you mean '{near}'? " if near else "")
                         + f"define it under 'repositories:' (e.g. {name}: \"deb "
-                        'http://deb.debian.org/debian {suite}-updates main"); '
+                        'http://deb.debian.org/debian {suite}-updates main", or '
+                        f"{name}: {{baseurl: URL}} for an RPM repository); "
                         f"'{MAIN_REPO}' is the platform's own mirror",
                     )
+        kinds = {
+            isinstance(repositories[n], RpmRepo)
+            for n in (*draft.source.repos, *draft.source.upgrade_to)
+            if n in repositories
+        }
+        if len(kinds) > 1:
+            raise SpecError(
+                f"source '{draft.source.label}' mixes apt and RPM repositories",
+                file=draft.loc[0],
+                line=draft.loc[1],
+                field=f"{draft.fld}.repos",
+                hint="one guest installs with one package manager: give apt and RPM "
+                "repositories to different sources",
+            )
 
     # Platforms: command-line map > explicit entry > the spec's platform_map > default.
     platforms: dict[str, Platform] = {}
@@ -211,6 +231,7 @@ def merge(path: Path, acc: Acc, cli_map: dict[str, tuple[Decl, Loc]]) -> Spec:
         test=test,
         vm=vm,
         repositories=repositories,
+        osg_repositories={**load_osg_table(), **acc.osg_repositories},
         known_failures=list(acc.known_failures),
         matrices=matrices,
         files=list(acc.files),

@@ -10,18 +10,22 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 # How a guest reaches the network: not at all, or through qemu's user-mode NAT.
 Network = Literal["none", "user"]
 # How a test's results are read from the output disk.
 ResultFormat = Literal["auto", "osg-test", "junit", "tap", "exit-code"]
+# Which package manager the guest's agent uses: auto (apt, dnf or yum: whichever the run's
+# repositories are for and the guest has) or one of them (a Debian guest may carry dnf too).
+PackageManager = Literal["auto", "apt", "dnf", "yum"]
 # How a local VM starts (`vmharness run --boot`); a pool job boots ("kernel" or "disk").
 Boot = Literal["snapshot", "kernel", "disk"]
 
 NETWORK_MODES: tuple[str, ...] = get_args(Network)
 RESULT_FORMATS: tuple[str, ...] = get_args(ResultFormat)
 BOOT_MODES: tuple[str, ...] = get_args(Boot)
+PACKAGE_MANAGERS: tuple[str, ...] = get_args(PackageManager)
 
 DEFAULT_TEST_TIMEOUT_S = 20 * 60
 DEFAULT_MEMORY_MIB = 1024
@@ -77,6 +81,32 @@ class PackageSet:
 
 
 @dataclass(frozen=True)
+class RpmRepo:
+    """An RPM repository of a spec: the sections of the .repo file the guest gets, each its
+    ("id", ID) and dnf's options as (key, value) pairs, in order. From a `baseurl` mapping
+    (one section) or a .repo file (`file`, its sections as written); see spec/rpmrepos.py."""
+
+    sections: tuple[tuple[tuple[str, str], ...], ...]
+    file: str | None = None
+
+
+# A repository of a spec: an apt source line, or an RPM repository.
+Repository = str | RpmRepo
+
+
+def repository_keys(source: Source) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The keys of `Run.repositories` a source installs from and upgrades to: the names as
+    written, or for an OSG source "SERIES/NAME" (its upgrade's own series after '>')."""
+    if source.series is None:
+        return source.repos, source.upgrade_to
+    upgrade_series = source.upgrade_series or source.series
+    return (
+        tuple(f"{source.series}/{n}" for n in source.repos),
+        tuple(f"{upgrade_series}/{n}" for n in source.upgrade_to),
+    )
+
+
+@dataclass(frozen=True)
 class TestSettings:
     """How the test suite is run inside the guest."""
 
@@ -98,6 +128,7 @@ class VMSettings:
     output_size_mib: int = DEFAULT_OUTPUT_SIZE_MIB
     wall_timeout_s: int | None = None  # None: test timeout + DEFAULT_WALL_MARGIN_S
     debug: bool = False  # keep the VM up after the test instead of powering off
+    package_manager: PackageManager = "auto"
 
 
 @dataclass(frozen=True)
@@ -110,7 +141,8 @@ class Run:
     package_set: PackageSet
     test: TestSettings
     vm: VMSettings
-    repositories: tuple[tuple[str, str], ...] = ()  # repo name -> apt source line, as needed
+    # repo key (repository_keys) -> apt source line or RPM repository, as the run needs them
+    repositories: tuple[tuple[str, Repository], ...] = ()
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -157,7 +189,9 @@ class Spec:
     package_sets: list[PackageSet] = field(default_factory=list)
     test: TestSettings = field(default_factory=TestSettings)
     vm: VMSettings = field(default_factory=VMSettings)
-    repositories: dict[str, str] = field(default_factory=dict)
+    repositories: dict[str, Repository] = field(default_factory=dict)
+    # The OSG names' RPM repositories: osg_repos.toml with the spec's osg_repositories file.
+    osg_repositories: dict[str, dict[str, Any]] = field(default_factory=dict)
     known_failures: list[KnownFailure] = field(default_factory=list)
     # Per-file products; empty means one product of platforms x sources x package_sets.
     matrices: list[Matrix] = field(default_factory=list)

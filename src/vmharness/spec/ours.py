@@ -18,7 +18,7 @@ import yaml
 
 from vmharness.errors import SpecError
 
-from . import osg
+from . import osg, rpmrepos
 from .fields import (
     BY_PATH,
     ENV_NAME_PATTERN,
@@ -27,6 +27,7 @@ from .fields import (
     PACKAGE_SET_KEYS,
     PLATFORM_KEYS,
     PLATFORM_MAP_KEYS,
+    RPM_REPOSITORY_KEYS,
     SOURCE_KEYS,
     TEST_KEYS,
     TOP_KEYS,
@@ -43,11 +44,14 @@ from .models import (
     MAIN_REPO,
     MAX_SUITE_FILES,
     NETWORK_MODES,
+    PACKAGE_MANAGERS,
     RESULT_FORMATS,
     Network,
+    PackageManager,
     PackageSet,
     Platform,
     ResultFormat,
+    RpmRepo,
     Source,
     TestSettings,
     VMSettings,
@@ -89,6 +93,17 @@ def read_file(path: Path, acc: Acc) -> None:
 
         if "repositories" in top:
             _read_repositories(doc, top["repositories"][1], acc)
+        if "osg_repositories" in top:
+            rel = doc.string(top["osg_repositories"][1], "osg_repositories").strip()
+            table_file = Path(os.path.abspath(base / Path(rel).expanduser()))
+            if not os.path.isfile(table_file):
+                raise doc.error(
+                    top["osg_repositories"][1],
+                    "osg_repositories",
+                    f"no such file: {table_file}",
+                    hint="the path is relative to the spec file",
+                )
+            acc.osg_repositories.update(rpmrepos.load_osg_table(table_file))
         if "platform_map" in top:
             for name, (decl, loc) in read_platform_map(doc, top["platform_map"][1]).items():
                 merge_decl(acc.platform_map, name, decl, loc, "platform_map")
@@ -388,15 +403,27 @@ def _read_repositories(doc: YamlDoc, node: Node, acc: Acc) -> None:
                 f"'{MAIN_REPO}' is the platform's own mirror and cannot be redefined",
                 hint="give this repository another name",
             )
-        line = doc.string(vnode, fld).strip()
-        if "\n" in line or not _APT_LINE_RE.match(line):
-            raise doc.error(
-                vnode,
-                fld,
-                "expected one apt source line",
-                hint='e.g. "deb http://deb.debian.org/debian {suite}-updates main"; '
-                "{suite} becomes the platform's suite",
-            )
+        line: str | RpmRepo
+        if isinstance(vnode, yaml.MappingNode):
+            line = _read_rpm_mapping(doc, name, vnode, fld)
+        else:
+            line = doc.string(vnode, fld).strip()
+            if line.endswith(".repo") and "\n" not in line:
+                path = Path(os.path.abspath(doc.path.parent / Path(line).expanduser()))
+                line = rpmrepos.from_repo_file(
+                    path, spec_file=doc.path, line=line_of(vnode), field=fld
+                )
+            elif "\n" in line or not _APT_LINE_RE.match(line):
+                raise doc.error(
+                    vnode,
+                    fld,
+                    "expected one apt source line, an RPM repository {baseurl: URL} or a "
+                    ".repo file",
+                    hint='e.g. "deb http://deb.debian.org/debian {suite}-updates main" '
+                    "({suite} becomes the platform's suite), {baseurl: "
+                    '"https://repo.example.org/el$releasever/$basearch/", gpgkey: URL}, or '
+                    "myrepo.repo (relative to the spec file)",
+                )
         loc = doc.loc(knode)
         old = acc.repositories.get(name)
         if old is not None and old[0] != line:
@@ -407,6 +434,27 @@ def _read_repositories(doc: YamlDoc, node: Node, acc: Acc) -> None:
             )
         if old is None:
             acc.repositories[name] = (line, loc)
+
+
+def _read_rpm_mapping(doc: YamlDoc, name: str, vnode: Node, fld: str) -> RpmRepo:
+    m = doc.mapping(vnode, fld, RPM_REPOSITORY_KEYS, required=required("rpm_repository"))
+    values: dict[str, Any] = {}
+    for key, (_knode, node) in m.items():
+        sub = f"{fld}.{key}"
+        if key == "gpgcheck":
+            values[key] = doc.boolean(node, sub)
+        elif key == "priority":
+            values[key] = doc.integer(node, sub)
+        else:
+            values[key] = doc.string(node, sub).strip()
+    first = next(iter(m.values()))[1]
+    try:
+        return rpmrepos.from_mapping(name, values, file=doc.path, line=line_of(vnode), field=fld)
+    except SpecError as exc:
+        # The line of the key at fault, not of the mapping.
+        key = (exc.field or "").rsplit(".", 1)[-1]
+        node = m[key][1] if key in m else first
+        raise doc.error(node, exc.field or fld, exc.detail, hint=exc.hint) from None
 
 
 def _read_test(doc: YamlDoc, nodes: tuple[Node, Node], base: Path, acc: Acc) -> TestSettings:
@@ -576,6 +624,9 @@ def _read_vm(doc: YamlDoc, node: Node, acc: Acc) -> tuple[VMSettings, bool]:
             field="vm.wall_timeout",
         )
     debug = doc.boolean(m["debug"][1], "vm.debug") if "debug" in m else False
+    manager = "auto"
+    if "package_manager" in m:
+        manager = doc.choice(m["package_manager"][1], "vm.package_manager", PACKAGE_MANAGERS)
     vm = VMSettings(
         memory_mib=memory,
         cpus=cpus,
@@ -583,5 +634,6 @@ def _read_vm(doc: YamlDoc, node: Node, acc: Acc) -> tuple[VMSettings, bool]:
         output_size_mib=output,
         wall_timeout_s=wall,
         debug=debug,
+        package_manager=cast(PackageManager, manager),
     )
     return vm, "network" in m

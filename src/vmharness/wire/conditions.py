@@ -1,7 +1,8 @@
 """The conditions file: the one human-readable text file on a run's input disk.
 
 TOML (`version = 1`, documented in the README), written here with tomli-w and read inside the
-guest by the agent with Python's tomllib (Debian 12 and 13 have Python 3.11 and newer). Every
+guest by the agent with Python's tomllib, or on a guest Python older than 3.11 (down to 3.6)
+with the agent's own reader of what tomli-w writes (`read_toml`). Every
 field the agent needs is here and nothing host-specific leaks in (no host paths).
 engine.attempt.conditions_for makes the conditions of a run.
 """
@@ -37,6 +38,14 @@ class Conditions:
     # An HTTP proxy apt fetches through (a caching one: the host's own, or a site's); the agent
     # falls back to the mirrors directly when it cannot be reached. None: no proxy.
     package_proxy: str | None = None
+    # RPM repositories (dnf or yum guests): each one .repo section, its ("id", ID) and dnf's
+    # options as (key, value) pairs; written by the agent as /etc/yum.repos.d/vmharness-*.repo.
+    rpm_install: tuple[tuple[tuple[str, str], ...], ...] = ()
+    rpm_upgrade: tuple[tuple[tuple[str, str], ...], ...] = ()
+    # "apt", "dnf" or "yum" to use that one; None: the agent chooses (see the README).
+    package_manager: str | None = None
+    # "enforcing" or "permissive": the package set's SELinux mode, where the guest has SELinux.
+    selinux: str | None = None
 
     def to_toml(self) -> str:
         env = dict(self.test_env)
@@ -57,6 +66,8 @@ class Conditions:
             "package_set": self.package_set,
             "network": self.network,
             "debug": self.debug,
+            **({"package_manager": self.package_manager} if self.package_manager else {}),
+            **({"selinux": self.selinux} if self.selinux else {}),
             "repositories": {
                 "install": list(self.install_repos),
                 "upgrade": list(self.upgrade_repos),
@@ -64,6 +75,12 @@ class Conditions:
             "packages": {"install": list(self.packages)},
             "test": test,
         }
+        if self.rpm_install or self.rpm_upgrade:
+            # Optional, so version 1 still: only an agent that knows dnf gets RPM repositories.
+            doc["rpm"] = {
+                "install": [dict(section) for section in self.rpm_install],
+                "upgrade": [dict(section) for section in self.rpm_upgrade],
+            }
         if self.package_proxy:
             # Optional, so version 1 still: an agent that ignores it fetches directly.
             doc["apt"] = {"proxy": self.package_proxy}
