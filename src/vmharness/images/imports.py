@@ -42,7 +42,7 @@ from ..errors import InfraError, SpecError
 from . import build as builder
 from .certs import HostCredentials
 
-IMPORT_FORMAT = 1  # bump when what an import puts into an image changes
+IMPORT_FORMAT = 2  # bump when what an import puts into an image changes
 MIN_PYTHON = (3, 6)
 QCOW2_MAGIC = b"QFI\xfb"
 # Other disk formats qemu reads but that vmharness does not take as they are.
@@ -677,6 +677,9 @@ def customize(
     unit = f"{builder.UNIT_DIR}/vmharness-agent.service"
     # what `systemctl enable` does, without running the guest's systemctl
     links = {f"{builder.UNIT_DIR}/multi-user.target.wants/vmharness-agent.service": f"/{unit}"}
+    # No logins on a test VM, as in built images (debug mode starts serial-getty@ttyS0 itself).
+    # The image's other units are left as they are: its boot is the distribution's own.
+    links[f"{builder.UNIT_DIR}/getty.target"] = "/dev/null"
     machine_id = (g.read("/etc/machine-id") or "").strip()
     if machine_id in ("", "uninitialized"):  # else every run would be a first boot
         identity["etc/machine-id"] = (os.urandom(16).hex().encode() + b"\n", 0o444)
