@@ -44,9 +44,8 @@ def cli(cache: Path, *args: str | Path, timeout: float = RUN_TIMEOUT_S):
         timeout=timeout,
         env=cli_env(VMHARNESS_CACHE=str(cache)),
     )
-    print(
-        f"$ vmharness {' '.join(map(str, args))} -> {proc.returncode} in {time.monotonic() - t0:.0f}s"
-    )
+    took = time.monotonic() - t0
+    print(f"$ vmharness {' '.join(map(str, args))} -> {proc.returncode} in {took:.0f}s")
     print(proc.stdout[-5000:], proc.stderr[-3000:])
     return proc
 
