@@ -106,6 +106,15 @@ def test_refusals_happen_before_anything_is_made(tmp_path: Path) -> None:
     assert not (cache.root / "locks").exists() and not (cache.root / "images").exists()
 
 
+def test_an_image_is_not_named_as_a_built_in_recipe(tmp_path: Path) -> None:
+    cache = ImageCache(tmp_path / "cache")
+    disk = mbr_disk(tmp_path / "disk.img")
+    with pytest.raises(SpecError, match="built-in recipe"):
+        cache.import_image(disk, name="debian-12")
+    with pytest.raises(SpecError, match="letters, digits"):
+        cache.import_image(disk, name="../up")
+
+
 # -- the interpreter -------------------------------------------------------------------------
 def test_python_candidates_order() -> None:
     names = ["python3.6", "python3.11", "python3.9", "python3-config", "python3.11-config", "ls"]

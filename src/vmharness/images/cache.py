@@ -30,7 +30,7 @@ from ..wire.files import sha256_file
 from . import build as builder
 from . import imports as importer
 from .certs import HostCredentials, issue_host_cert, user_credentials
-from .recipe import DEFAULT_HOSTNAME, Recipe, valid_name
+from .recipe import DEFAULT_HOSTNAME, Recipe, builtin_names, valid_name
 
 # Bump when the build's output changes shape (layout, customizations) for the same inputs.
 IMAGE_FORMAT = 9  # 9: package lists and apt caches kept, eatmydata, unsafe-io
@@ -276,11 +276,16 @@ class ImageCache:
         tmp_root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="import-check-", dir=tmp_root) as tmp:
             fmt = importer.check_file(path, Path(tmp))
-        name = name or importer.sanitize_name(path.name.split(".")[0])
+        if name is None:
+            name = importer.sanitize_name(path.name.split(".")[0])
+            if name in builtin_names():  # debian-12.qcow2: not to be taken for the built one
+                name += "-imported"
         if not valid_name(name):
             raise importer.ImageRefused(
                 path, f"the name {name!r} is not letters, digits, '.', '_' and '-' (64 at most)"
             )
+        if name in builtin_names():  # `image prune` keeps the newest N per name
+            raise importer.ImageRefused(path, f"the name {name!r} is a built-in recipe's")
         progress(f"hashing {path.name}")
         content = self._content_sha256(path)
         creds = issue_host_cert(self.ca_dir, hostname)

@@ -508,9 +508,11 @@ class Guestfish:
                 f"({time.monotonic() - t0:.1f}s)\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
             )
         if check and proc.returncode != 0:
+            hint = None
+            if args[0] == "run":  # the appliance did not start: libguestfs itself
+                hint = f"`libguestfs-test-tool` shows why libguestfs cannot work here; {TOOL_HINT}"
             raise GuestfishError(
-                f"guestfish {args[0]} failed: {proc.stderr.strip()[-500:]}",
-                hint=f"its log: {self.log}",
+                f"guestfish {args[0]} failed: {proc.stderr.strip()[-800:]}", hint=hint
             )
         return proc.stdout
 
