@@ -35,14 +35,14 @@ def file_state(path: Path) -> tuple[str, int, int]:
     return hashlib.sha256(path.read_bytes()).hexdigest(), st.st_size, st.st_mtime_ns
 
 
-def cli(cache: Path, *args: str | Path, timeout: float = RUN_TIMEOUT_S):
+def cli(cache: Path, *args: str | Path, timeout: float = RUN_TIMEOUT_S, columns: int = 200):
     t0 = time.monotonic()
     proc = subprocess.run(
         vmharness_argv(*args),
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=cli_env(VMHARNESS_CACHE=str(cache)),
+        env=cli_env(VMHARNESS_CACHE=str(cache), COLUMNS=str(columns)),
     )
     took = time.monotonic() - t0
     print(f"$ vmharness {' '.join(map(str, args))} -> {proc.returncode} in {took:.0f}s")
@@ -174,9 +174,9 @@ def test_image_import_finds_it_cached_and_image_list_shows_where_from(
     assert sorted((private_cache / "images").iterdir()) == before
     assert "agent on /usr/bin/python3 (Python 3." in proc.stdout
     assert "root=UUID=" in proc.stdout
-    listing = cli(private_cache, "image", "list")
+    listing = cli(private_cache, "image", "list", columns=600)  # each row on one line
     assert listing.returncode == 0
-    assert f"imported from {standin_image}" in listing.stdout.replace("\n", "")
+    assert f"imported from {standin_image} (debian 12" in listing.stdout
     (folder,) = (private_cache / "images").iterdir()
     meta = json.loads((folder / "image.json").read_text())
     assert meta["origin"].startswith(str(standin_image)) and "debian 12" in meta["distro"]
