@@ -103,6 +103,12 @@ REQUIRED_TOOLS = {
 }
 INITRD_FORMAT = 2  # bump when initrd.py changes what it builds
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
+# systemd-networkd's configuration for qemu's user network: the agent starts networkd for the
+# runs that ask for a network (imported images get it too).
+NETWORK_CONFIG = (
+    "etc/systemd/network/80-vmharness.network",
+    "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n",
+)
 # Where the agent, its unit and the test CA go in every guest.
 AGENT_DIR = "usr/local/sbin"
 UNIT_DIR = "etc/systemd/system"
@@ -302,10 +308,7 @@ def _write_overlay(
     # The journal stays in memory; the agent exports it to the output disk as journal.log.
     put("etc/systemd/journald.conf.d/vmharness.conf", "[Journal]\nStorage=volatile\n")
     put("etc/resolv.conf", "nameserver 10.0.2.3\n")  # qemu user-mode NAT's resolver
-    put(
-        "etc/systemd/network/80-vmharness.network",
-        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n",
-    )
+    put(*NETWORK_CONFIG)
 
 
 def _customize_script(overlay: Path, *, with_ca: bool) -> str:

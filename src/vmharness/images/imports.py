@@ -676,6 +676,8 @@ def customize(
         agent_files["vmharness-agent.service"].decode(), found.python
     ).encode()
     identity = builder.guest_identity(hostname, creds, files, image_conf)
+    network, config = builder.NETWORK_CONFIG  # used where the agent starts systemd-networkd
+    identity[network] = (config.encode(), 0o644)
     unit = f"{builder.UNIT_DIR}/vmharness-agent.service"
     # what `systemctl enable` does, without running the guest's systemctl
     links = {f"{builder.UNIT_DIR}/multi-user.target.wants/vmharness-agent.service": f"/{unit}"}
