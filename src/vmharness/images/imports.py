@@ -42,7 +42,7 @@ from ..errors import InfraError, SpecError
 from . import build as builder
 from .certs import HostCredentials
 
-IMPORT_FORMAT = 2  # bump when what an import puts into an image changes
+IMPORT_FORMAT = 3  # bump when what an import puts into an image changes
 MIN_PYTHON = (3, 6)
 QCOW2_MAGIC = b"QFI\xfb"
 # Other disk formats qemu reads but that vmharness does not take as they are.
