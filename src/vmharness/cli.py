@@ -507,7 +507,7 @@ def cmd_image_import(args: argparse.Namespace) -> int:
             f"kernel {image.kernel_version}, SELinux {meta.get('selinux') or 'not used'}\n"
             f"  direct boot: {image.cmdline}\n"
             + "".join(f"  {note}\n" for note in meta.get("notes", []))
-            + f"  use it: platform_map: {{NAME: {{image: {args.file}}}}} in a spec "
+            + f"  use it in a spec: platforms: [{{name: NAME, image: {args.file}}}] "
             f"({time.monotonic() - t0:.0f}s)"
         ),
         highlight=False,
