@@ -122,6 +122,28 @@ def base_image():
     return image
 
 
+@pytest.fixture(scope="session")
+def standin_image() -> Path:
+    """A Debian system vmharness did not build (tests/standin_image.py), as a distribution's
+    cloud image would be: made once, kept in the image cache folder (test-inputs/)."""
+    reason = vm_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    if not shutil.which("guestfish"):
+        pytest.skip("importing needs libguestfs (sudo apt-get install libguestfs-tools)")
+    from standin_image import debian_standin
+
+    from vmharness.images.cache import ImageCache
+    from vmharness.images.recipe import load_recipe
+
+    t0 = time.monotonic()
+    path = debian_standin(
+        ImageCache().root, load_recipe("debian-12").mirror, say=lambda m: print(m, flush=True)
+    )
+    print(f"stand-in image {path} ready in {time.monotonic() - t0:.1f}s")
+    return path
+
+
 def spec_text(
     command: str,
     *,

@@ -244,6 +244,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="a cached image older than this is rebuilt (default 7d)",
     )
     b.set_defaults(func=cmd_image_build)
+    imp = isub.add_parser(
+        "import",
+        help="make a vmharness image of a bootable qcow2 or raw disk (another distribution)",
+        description="Make a vmharness base image of FILE, a bootable qcow2 or raw disk of "
+        "any systemd-based Linux (a distribution's cloud image, a Packer build): the agent on "
+        "the image's own Python, the fixed hostname and host certificate, the serial console, "
+        "SELinux labels. FILE is never written to; the result is cached by FILE's content, "
+        "and a spec's `platform: {image: FILE}` finds it there (or imports it on first use). "
+        "Needs libguestfs (libguestfs-tools), not root.",
+    )
+    imp.add_argument("file", type=Path, help="the bootable disk image (qcow2 or raw)")
+    imp.add_argument(
+        "--name",
+        metavar="NAME",
+        help="the image's name in the cache and the pool (default: from the file's name)",
+    )
+    imp.set_defaults(func=cmd_image_import)
     lst = isub.add_parser(
         "list",
         help="list cached images and their warm-boot snapshots",
@@ -475,6 +492,29 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_image_import(args: argparse.Namespace) -> int:
+    from .engine.local import import_image
+
+    cache = ImageCache()
+    t0 = time.monotonic()
+    image = import_image(args.file.name, args.file, cache, console, name=args.name)
+    meta = read_json(image.folder / "image.json", limit=1 << 20)
+    console.print(
+        Text(
+            f"{image.recipe}: {image.folder}\n"
+            f"  from {image.origin}\n"
+            f"  agent on {meta.get('python')} (Python {meta.get('python_version')}), "
+            f"kernel {image.kernel_version}, SELinux {meta.get('selinux') or 'not used'}\n"
+            f"  direct boot: {image.cmdline}\n"
+            + "".join(f"  {note}\n" for note in meta.get("notes", []))
+            + f"  use it in a spec: platforms: [{{name: NAME, image: {args.file}}}] "
+            f"({time.monotonic() - t0:.0f}s)"
+        ),
+        highlight=False,
+    )
+    return EXIT_PASS
+
+
 def cmd_hosts(args: argparse.Namespace) -> int:
     from .hosts import DenyList
     from .wire.codec import dumps
@@ -523,13 +563,15 @@ def cmd_image_list(args: argparse.Namespace) -> int:
     images = cache.list()
     snapshots = SnapshotStore(cache.root / "snapshots").by_image()
     table = Table(title=f"images in {cache.images_dir}")
-    for col in ("recipe", "folder", "size", "age", "hostname", "content name", "snapshots"):
+    columns = ("recipe", "source", "folder", "size", "age", "hostname", "content name")
+    for col in (*columns, "snapshots"):
         table.add_column(col, overflow="fold")  # names are long, and all of them matter
     for image in images:
         snaps = snapshots.get(image.folder.name, [])
         size = sum(s.size_bytes() for s in snaps)
         table.add_row(
             image.recipe,
+            Text(f"imported from {image.origin}" if image.origin else "built from its recipe"),
             image.folder.name,
             f"{image.size_bytes / 1e6:.0f} MB",
             f"{image.age_s() / 3600:.1f} h",
@@ -539,7 +581,11 @@ def cmd_image_list(args: argparse.Namespace) -> int:
             if snaps
             else "-",
         )
-    console.print(table if images else "no cached images (build one: vmharness image build)")
+    console.print(
+        table
+        if images
+        else "no cached images (build one: vmharness image build, or vmharness image import FILE)"
+    )
     return EXIT_PASS
 
 

@@ -24,7 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..errors import InfraError, SpecError
-from ..images.cache import DEFAULT_MAX_AGE_S, ImageCache
+from ..images.cache import DEFAULT_MAX_AGE_S, BaseImage, ImageCache
 from ..images.recipe import builtin_names, load_recipe
 from ..report import one_line
 from ..results.model import INFRA, PASSING, RunResult
@@ -219,7 +219,9 @@ def images_for(
         if plat.image is not None:
             if not plat.image.is_file():
                 raise SpecError(f"image file {plat.image} for platform {plat.name} is missing")
-            images[plat.name] = ImageRef.given(plat.image)
+            images[plat.name] = ImageRef.from_cache(
+                import_image(plat.name, plat.image, cache, console)
+            )
             continue
         if plat.recipe is None:
             raise SpecError(
@@ -248,6 +250,33 @@ def images_for(
         )
         images[plat.name] = ImageRef.from_cache(image)
     return images
+
+
+def import_image(
+    platform: str, path: Path, cache: ImageCache, console: Console, name: str | None = None
+) -> BaseImage:
+    """A given image file made a vmharness image (imported on first use, then cached)."""
+    with console.status(Text(f"image for {platform}: looking up {path.name}")) as status:
+        t0 = time.monotonic()
+
+        def say(msg: str, _s=status, _t=t0) -> None:
+            _s.update(Text(f"image for {platform} [{time.monotonic() - _t:4.0f}s]: {msg}"))
+
+        def accel() -> str:  # libguestfs's appliance boots like any VM here
+            probe = next((i.kernel for i in cache.list() if i.kernel.is_file()), None)
+            return choose_accelerator(probe, cache.root, say=say)
+
+        image = cache.import_image(path, name=name, accel=accel, progress=say)
+    console.print(
+        Text.assemble(
+            "image ",
+            (platform, "bold"),
+            f": {image.folder.name} ({image.size_bytes / 1e6:.0f} MB), imported from "
+            f"{image.origin}",
+        ),
+        highlight=False,
+    )
+    return image
 
 
 def run_locally(

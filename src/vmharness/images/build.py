@@ -29,13 +29,15 @@ BOOT_START_MIB = 1
 BOOT_SIZE_MIB = 48
 ROOT_DEVICE = "/dev/vda2"  # the base disk is always the first virtio disk
 # Quiet, no fsck, panic ends the VM at once (-no-reboot), no security mitigations to emulate.
-KERNEL_CMDLINE = (
-    f"root={ROOT_DEVICE} rw console=ttyS0 quiet loglevel=3 panic=-1 fsck.mode=skip "
+# What every vmharness guest's kernel gets after its root= (imported images too, images/imports.py)
+KERNEL_FLAGS = (
+    "console=ttyS0 quiet loglevel=3 panic=-1 fsck.mode=skip "
     "systemd.show_status=0 mitigations=off "
     # Skip what costs time under emulation and means nothing in a test VM: clock
     # calibration, crypto self-tests, PS/2 probing, the audit subsystem.
     "tsc=reliable no_timer_check cryptomgr.notests i8042.noaux i8042.nopnp audit=0"
 )
+KERNEL_CMDLINE = f"root={ROOT_DEVICE} rw {KERNEL_FLAGS}"
 # The always-present packages: the agent needs python3; networkd is in systemd; the CA store.
 BASE_PACKAGES = ("systemd-sysv", "udev", "kmod", "python3", "ca-certificates", "busybox-static")
 # The agent runs apt under eatmydata: no fsync in a throw-away guest (as autopkgtest does).
@@ -101,6 +103,16 @@ REQUIRED_TOOLS = {
 }
 INITRD_FORMAT = 2  # bump when initrd.py changes what it builds
 SYSLINUX_MBR = Path("/usr/lib/syslinux/mbr/mbr.bin")
+# systemd-networkd's configuration for qemu's user network: the agent starts networkd for the
+# runs that ask for a network (imported images get it too).
+NETWORK_CONFIG = (
+    "etc/systemd/network/80-vmharness.network",
+    "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n",
+)
+# Where the agent, its unit and the test CA go in every guest.
+AGENT_DIR = "usr/local/sbin"
+UNIT_DIR = "etc/systemd/system"
+DEBIAN_CA_DIR = "usr/local/share/ca-certificates"
 
 Progress = Callable[[str], None]
 
@@ -223,7 +235,7 @@ def build(
     shutil.rmtree(tree)
     progress("compressing the disk into qcow2")
     disk = workdir / "disk.qcow2"
-    _qcow2(raw, disk)
+    to_qcow2(raw, disk)
     raw.unlink()
     return BuiltFiles(disk=disk, kernel=kernel, initrd=initrd, kernel_version=version)
 
@@ -240,6 +252,42 @@ def _initramfs_setup_hook() -> str:
     )
 
 
+def guest_identity(
+    hostname: str, creds: HostCredentials, agent_files: dict[str, bytes], image_conf: str
+) -> dict[str, tuple[bytes, int]]:
+    """What makes any vmharness guest one, built or imported: path (relative to the root) ->
+    (content, mode). The fixed hostname, the host certificate (and the test CA), the agent and
+    its unit, and /etc/vmharness/image.conf (`image_conf`: its key=value lines)."""
+    files: dict[str, tuple[bytes, int]] = {}
+
+    def put(rel: str, data: bytes | str, mode: int = 0o644) -> None:
+        files[rel] = (data.encode() if isinstance(data, str) else data, mode)
+
+    short = hostname.split(".")[0]
+    put("etc/hostname", short + "\n")
+    # The fixed name resolves only inside the guest: nothing outside knows it.
+    put(
+        "etc/hosts",
+        f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname} {short}\n"
+        "::1\tlocalhost ip6-localhost ip6-loopback\n",
+    )
+    put("etc/vmharness/hostcert.pem", creds.cert_pem)
+    put("etc/vmharness/hostkey.pem", creds.key_pem, 0o600)
+    # Where grid software (the OSG's first users) looks for them.
+    put("etc/grid-security/hostcert.pem", creds.cert_pem)
+    put("etc/grid-security/hostkey.pem", creds.key_pem, 0o400)
+    if creds.ca_pem is not None:
+        put(f"{DEBIAN_CA_DIR}/vmharness-test-ca.crt", creds.ca_pem)
+        put("etc/vmharness/ca.pem", creds.ca_pem)
+    put("etc/vmharness/image.conf", image_conf)
+    for name, data in agent_files.items():
+        if name.endswith(".service"):
+            put(f"{UNIT_DIR}/{name}", data)
+        else:
+            put(f"{AGENT_DIR}/{name}", data, 0o755)
+    return files
+
+
 def _write_overlay(
     root: Path, recipe: Recipe, creds: HostCredentials, agent_files: dict[str, bytes]
 ) -> None:
@@ -249,38 +297,18 @@ def _write_overlay(
         path.write_bytes(data.encode() if isinstance(data, str) else data)
         path.chmod(mode)
 
-    short = recipe.hostname.split(".")[0]
-    put("etc/hostname", short + "\n")
-    # The fixed name resolves only inside the guest: nothing outside knows it.
-    put(
-        "etc/hosts",
-        f"127.0.0.1\tlocalhost\n127.0.1.1\t{recipe.hostname} {short}\n"
-        "::1\tlocalhost ip6-localhost ip6-loopback\n",
-    )
+    image_conf = f"hostname={recipe.hostname}\nrecipe={recipe.name}\n"
+    for rel, (data, mode) in guest_identity(
+        recipe.hostname, creds, agent_files, image_conf
+    ).items():
+        put(rel, data, mode)
     # Empty: the kernel mounts the root rw (cmdline), and no fstab line means systemd does not
     # wait for udev to announce the root device, seconds under emulation.
     put("etc/fstab", "# root is mounted by the kernel (root= rw on the command line)\n")
     # The journal stays in memory; the agent exports it to the output disk as journal.log.
     put("etc/systemd/journald.conf.d/vmharness.conf", "[Journal]\nStorage=volatile\n")
     put("etc/resolv.conf", "nameserver 10.0.2.3\n")  # qemu user-mode NAT's resolver
-    put(
-        "etc/systemd/network/80-vmharness.network",
-        "[Match]\nName=en* eth*\n\n[Network]\nDHCP=ipv4\nLinkLocalAddressing=no\n",
-    )
-    put("etc/vmharness/hostcert.pem", creds.cert_pem)
-    put("etc/vmharness/hostkey.pem", creds.key_pem, 0o600)
-    # Where grid software (the OSG's first users) looks for them.
-    put("etc/grid-security/hostcert.pem", creds.cert_pem)
-    put("etc/grid-security/hostkey.pem", creds.key_pem, 0o400)
-    if creds.ca_pem is not None:
-        put("usr/local/share/ca-certificates/vmharness-test-ca.crt", creds.ca_pem)
-        put("etc/vmharness/ca.pem", creds.ca_pem)
-    put("etc/vmharness/image.conf", f"hostname={recipe.hostname}\nrecipe={recipe.name}\n")
-    for name, data in agent_files.items():
-        if name.endswith(".service"):
-            put(f"etc/systemd/system/{name}", data)
-        else:
-            put(f"usr/local/sbin/{name}", data, 0o755)
+    put(*NETWORK_CONFIG)
 
 
 def _customize_script(overlay: Path, *, with_ca: bool) -> str:
@@ -384,7 +412,8 @@ def _assemble(raw: Path, tree: Path, kernel: Path, initrd: Path, root_mib: int) 
     )
 
 
-def _qcow2(raw: Path, disk: Path) -> None:
+def to_qcow2(raw: Path, disk: Path) -> None:
+    """A compressed qcow2 of a disk (raw, or a qcow2 with its backing files: flattened)."""
     # zstd compresses as well as zlib at a fraction of the time.
     base = ["qemu-img", "convert", "-c", "-O", "qcow2"]
     proc = subprocess.run(

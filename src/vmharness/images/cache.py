@@ -11,13 +11,16 @@ Layout under the cache root (default ~/.cache/vmharness, or $VMHARNESS_CACHE):
 from __future__ import annotations
 
 import builtins
+import contextlib
 import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +28,9 @@ from .. import __version__
 from ..wire.codec import decode, read_json, write_json_atomic
 from ..wire.files import sha256_file
 from . import build as builder
+from . import imports as importer
 from .certs import HostCredentials, issue_host_cert, user_credentials
-from .recipe import Recipe
+from .recipe import DEFAULT_HOSTNAME, Recipe, builtin_names, valid_name
 
 # Bump when the build's output changes shape (layout, customizations) for the same inputs.
 IMAGE_FORMAT = 9  # 9: package lists and apt caches kept, eatmydata, unsafe-io
@@ -53,6 +57,9 @@ class BaseImage:
     cmdline: str
     apt_source: str
     suite: str
+    # Empty for an image built from a recipe; for an imported one, the file it came from
+    # (as `vmharness image import` was given it), its distribution and its sha256.
+    origin: str = ""
 
     @property
     def disk(self) -> Path:
@@ -200,24 +207,168 @@ class ImageCache:
                 "vmharness": __version__,
                 "build_seconds": round(time.monotonic() - t0, 1),
             }
-            final_files = [files.disk, files.kernel, files.initrd]
-            for leftover in workdir.iterdir():
-                if leftover not in final_files and leftover.name != "mmdebstrap.log":
-                    remove_read_only(leftover)
-            write_json_atomic(workdir / "image.json", meta)
-            for path in workdir.iterdir():
-                path.chmod(0o444)  # read-only: runs use overlays, never the image itself
-            workdir.chmod(0o755)
-            self.images_dir.mkdir(parents=True, exist_ok=True)
-            stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(built_at))
-            final = self.images_dir / f"{recipe.name}-{key[:12]}-{stamp}"
-            os.rename(workdir, final)  # atomic publish: complete or absent
+            keep = [files.disk, files.kernel, files.initrd, workdir / "mmdebstrap.log"]
+            return self._publish(workdir, files.disk, meta, keep, progress, built_at=built_at)
         except BaseException:
             remove_read_only(workdir)
             raise
+
+    def _publish(
+        self,
+        workdir: Path,
+        disk: Path,
+        meta: dict,
+        keep: builtins.list[Path],
+        progress: builder.Progress,
+        built_at: float | None = None,
+    ) -> BaseImage:
+        """Make `workdir` (the disk, kernel, initrd and `keep`) a published, read-only image."""
+        if "sha256" not in meta:
+            progress("hashing the disk for its content-addressed name")
+            meta = {**meta, "sha256": sha256_file(disk), "size_bytes": disk.stat().st_size}
+        built_at = built_at or time.time()
+        meta = {"built_at": built_at, "vmharness": __version__, **meta}
+        for leftover in workdir.iterdir():
+            if leftover not in keep:
+                remove_read_only(leftover)
+        write_json_atomic(workdir / "image.json", meta)
+        for path in workdir.iterdir():
+            path.chmod(0o444)  # read-only: runs use overlays, never the image itself
+        workdir.chmod(0o755)
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(built_at))
+        final = self.images_dir / f"{meta['recipe']}-{meta['key'][:12]}-{stamp}"
+        os.rename(workdir, final)  # atomic publish: complete or absent
         image = self._read(final)
         assert image is not None
         return image
+
+    # -- importing --------------------------------------------------------------------------
+    def import_key(self, content_sha256: str, hostname: str, creds: HostCredentials) -> str:
+        """An imported image's key: the file's content and everything vmharness puts in."""
+        agent = hashlib.sha256()
+        for name, data in sorted(builder.agent_files().items()):
+            agent.update(name.encode() + b"\0" + data)
+        shape = {
+            "import_format": importer.IMPORT_FORMAT,
+            "source_sha256": content_sha256,
+            "hostname": hostname,
+            "agent": agent.hexdigest(),
+            "credentials": creds.fingerprint(),
+            "kernel_flags": builder.KERNEL_FLAGS,
+        }
+        return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()
+
+    def import_image(
+        self,
+        path: Path,
+        *,
+        name: str | None = None,
+        hostname: str = DEFAULT_HOSTNAME,
+        accel: str | Callable[[], str] = "tcg",
+        progress: builder.Progress = lambda _m: None,
+    ) -> BaseImage:
+        """The vmharness image made from a bootable disk `path` (never written to): from the
+        cache when this file's content was imported before, else imported now. `accel`: for
+        libguestfs's appliance ('kvm' only where KVM really works here), or what tells it."""
+        path = Path(os.path.abspath(path))
+        tmp_root = self.root / "tmp"
+        tmp_root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="import-check-", dir=tmp_root) as tmp:
+            fmt = importer.check_file(path, Path(tmp))
+        if name is None:
+            name = importer.sanitize_name(path.name.split(".")[0])
+            if name in builtin_names():  # debian-12.qcow2: not to be taken for the built one
+                name += "-imported"
+        if not valid_name(name):
+            raise importer.ImageRefused(
+                path, f"the name {name!r} is not letters, digits, '.', '_' and '-' (64 at most)"
+            )
+        if name in builtin_names():  # `image prune` keeps the newest N per name
+            raise importer.ImageRefused(path, f"the name {name!r} is a built-in recipe's")
+        progress(f"hashing {path.name}")
+        content = self._content_sha256(path)
+        creds = issue_host_cert(self.ca_dir, hostname)
+        key = self.import_key(content, hostname, creds)
+        image = self.lookup_key(key)
+        if image:
+            return image
+        importer.check_tools()
+        lock_dir = self.root / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with open(lock_dir / f"{key}.lock", "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                progress("another import of this image is under way; waiting for it")
+                fcntl.flock(lock, fcntl.LOCK_EX)
+            image = self.lookup_key(key)
+            if image:
+                return image
+            workdir = importer.import_workdir(tmp_root, name)
+            t0 = time.monotonic()
+            try:
+                disk, found = importer.import_disk(
+                    path,
+                    fmt,
+                    workdir,
+                    hostname=hostname,
+                    creds=creds,
+                    image_conf=f"hostname={hostname}\nimported={name}\nsource_sha256={content}\n",
+                    accel=accel() if callable(accel) else accel,
+                    progress=progress,
+                )
+                meta = {
+                    "recipe": name,
+                    "key": key,
+                    "hostname": hostname,
+                    "kernel_version": found.kernel_version,
+                    "cmdline": found.cmdline,
+                    "apt_source": "",  # the image keeps its own package sources
+                    "suite": "",
+                    "origin": f"{path} ({found.distro}, sha256 {content[:16]})",
+                    "distro": found.distro,
+                    "python": found.python,
+                    "python_version": found.python_version,
+                    "selinux": found.selinux or "",
+                    "notes": found.notes,
+                    "import_seconds": round(time.monotonic() - t0, 1),
+                }
+                keep = [
+                    disk,
+                    workdir / "vmlinuz",
+                    workdir / "initrd.img",
+                    workdir / "guestfish.log",
+                ]
+                return self._publish(workdir, disk, meta, keep, progress)
+            except BaseException:
+                remove_read_only(workdir)
+                raise
+
+    def lookup_key(self, key: str) -> BaseImage | None:
+        """The newest image of this key, however old (imports do not age: their content
+        is the file's)."""
+        found = [i for i in self.list() if i.key == key]
+        return max(found, key=lambda i: i.built_at) if found else None
+
+    def _content_sha256(self, path: Path) -> str:
+        """The file's sha256, remembered by (path, size, mtime, inode): a spec's image is
+        looked up at every run, and hashing gigabytes each time costs seconds."""
+        st = path.stat()
+        ident = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}"
+        memo_dir = self.root / "import-hashes"
+        memo = memo_dir / (hashlib.sha256(ident.encode()).hexdigest()[:32] + ".sha256")
+        with contextlib.suppress(OSError):
+            text = memo.read_text().strip()
+            if re.fullmatch(r"[0-9a-f]{64}", text):
+                return text
+        digest = sha256_file(path)
+        with contextlib.suppress(OSError):
+            memo_dir.mkdir(parents=True, exist_ok=True)
+            tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+            tmp.write_text(digest + "\n")
+            os.replace(tmp, memo)
+        return digest
 
     # -- pruning ----------------------------------------------------------------------------
     def prune(self, keep: int = 1, dry_run: bool = False) -> builtins.list[Path]:

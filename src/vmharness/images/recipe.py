@@ -63,6 +63,11 @@ class Recipe:
         }
 
 
+def valid_name(name: str) -> bool:
+    """Whether `name` can name an image (it becomes part of cache paths)."""
+    return bool(_NAME_RE.match(name))
+
+
 def builtin_names() -> list[str]:
     folder = resources.files("vmharness.images") / BUILTIN_DIR
     return sorted(

@@ -123,7 +123,13 @@ FIELDS: tuple[Field, ...] = (
     # -- an item of `platforms` -------------------------------------------------------------
     Field("platform", "name", "name", required=True, help="the platform's name in reports"),
     Field("platform", "recipe", "text", help="a built-in recipe name or a recipe YAML file"),
-    Field("platform", "image", "path", help="a bootable qcow2 or raw image instead of a recipe"),
+    Field(
+        "platform",
+        "image",
+        "path",
+        help="a bootable qcow2 or raw disk of any distribution instead of a recipe: imported "
+        "(our agent put in, the file untouched) on first use, as `vmharness image import` does",
+    ),
     # -- an item of `sources` ---------------------------------------------------------------
     Field("source", "label", "label", required=True, help="the source's name in reports"),
     Field(
@@ -274,7 +280,12 @@ FIELDS: tuple[Field, ...] = (
     Field("known_failure", "reason", "text", default="", help="why it is ignored"),
     # -- a value of `platform_map` ----------------------------------------------------------
     Field("platform_map_entry", "recipe", "text", help="a built-in recipe name or recipe file"),
-    Field("platform_map_entry", "image", "path", help="a bootable qcow2 or raw image"),
+    Field(
+        "platform_map_entry",
+        "image",
+        "path",
+        help="a bootable qcow2 or raw disk of any distribution, imported on first use",
+    ),
 )
 
 SECTIONS: tuple[str, ...] = tuple(dict.fromkeys(f.section for f in FIELDS))
