@@ -152,6 +152,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--matrix", action="store_true", help="also examples/matrix.yaml cold/warm")
     ap.add_argument("--package-proxy", default="auto", help="auto (default) or none")
+    ap.add_argument("--keep", metavar="DIR", help="keep the runs' folders (logs) in DIR")
     args = ap.parse_args()
     cache = ImageCache()
     image = ImageRef.from_cache(cache.get(load_recipe("debian-12"), progress=lambda m: None))
@@ -162,7 +163,9 @@ def main() -> None:
     url = proxy.start().guest_url if args.package_proxy == "auto" else None
     try:
         rows = []
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory() as tmp_dir:
+            tmp = args.keep or tmp_dir
+            Path(tmp).mkdir(parents=True, exist_ok=True)
             first = one(image, accel, Path(tmp), 0, cache.root / "snapshots", url)
             snap = first.get("_snapshot")
             made = f", making the snapshot {snap:.1f} s" if snap else ""
