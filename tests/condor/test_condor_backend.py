@@ -514,18 +514,21 @@ package_sets:
 
 
 @pytest.mark.condor
-def test_faults_held_removed_corrupted(condor_pool, debian_image, work: Path) -> None:
+def test_faults_held_removed_corrupted(
+    condor_pool, debian_image, standin_image: Path, work: Path
+) -> None:
     """One DAG: 0001 passes; 0002's guest overwrites its output disk's boot sector (POST marks it
     died; DAGMan retries it once); 0003 sleeps and is removed with condor_rm (died, not retried);
-    0004's image vanishes from the store after submit (held: transfer input failure; removed
-    by --held-max; died with the hold reason). The DAG goes on and ends with the reports."""
+    0004's image (an imported one: the only other image staged apart) vanishes from the store
+    after submit (held: transfer input failure; removed by --held-max; died with the hold
+    reason). The DAG goes on and ends with the reports."""
     from vmharness.rundir import RunFolder
 
     specs = work / "faults"
     specs.mkdir()
     (specs / "a.yaml").write_text(FAULTS_A)
     (specs / "b.yaml").write_text(FAULTS_B)
-    (specs / "bad.qcow2").write_bytes(b"not an image" * 1000)
+    shutil.copyfile(standin_image, specs / "bad.qcow2")  # imported by submit on first use
     rundir = work / "faults-run"
     proc = vmharness(
         "submit", specs, "--style", "qemu", "--out", rundir, "--retries", "1", "--held-max", "1s"
