@@ -107,6 +107,12 @@ class RunDB:
 
     def check_rows(self) -> None:
         """Every row read as vmharness reads it; DamagedRunDB names the first bad one."""
+        # One snapshot: the DAG's POST scripts finish runs while another one opens the
+        # folder, and a run finished between two of these reads would look damaged.
+        with self.snapshot():
+            self._check_rows()
+
+    def _check_rows(self) -> None:
         meta = self.meta()
         if "backend" not in meta:
             raise DamagedRunDB(self.path, "has no record of how it was made (meta: backend)")
@@ -144,6 +150,20 @@ class RunDB:
                 self.conn.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
                 raise self._error(exc) from exc
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the database (a WAL read transaction), whatever
+        other processes commit meanwhile."""
+        with self._lock:
+            try:
+                self.conn.execute("BEGIN")
+            except sqlite3.DatabaseError as exc:
+                raise self._error(exc) from exc
+            try:
+                yield
+            finally:
+                self.conn.execute("COMMIT")
 
     def _query(self, sql: str, params: tuple = ()) -> list[tuple]:
         with self._lock:

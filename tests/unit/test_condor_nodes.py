@@ -169,3 +169,22 @@ def test_run_one_names_the_host_by_the_slots_machine(tmp_path, monkeypatch) -> N
     monkeypatch.chdir(tmp_path)
     (tmp_path / ".machine.ad").write_text("Machine = 42\n")  # not a string: no name
     assert pool_name() == ""
+
+
+def test_what_a_post_script_died_of_is_kept_and_named_at_the_end(submitted) -> None:
+    """DAGMan keeps only the exit code of a POST script: the error itself goes to the run
+    folder, and the run that got no verdict points there."""
+    run_dir, run_id, _ = submitted
+    assert nodes.node_prep(run_dir, run_id) == 0
+    with pytest.raises(SystemExit, match="no run 9999"):
+        nodes.node_post(run_dir, "vm-9999", 0, 2, "42.0")
+    kept = (run_dir / "condor" / nodes.NODE_ERRORS).read_text()
+    assert "== " in kept and " post vm-9999 0 2 42.0\n" in kept
+    assert "SystemExit: vmharness: no run 9999" in kept
+    folder = RunFolder.open(run_dir)
+    try:
+        assert nodes.close_unfinished(folder) == [run_id]
+        reason = folder.db.results()[run_id].reason
+    finally:
+        folder.db.close()
+    assert nodes.NODE_ERRORS in reason and "no verdict when the DAG ended" in reason

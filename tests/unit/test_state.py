@@ -247,6 +247,34 @@ def test_open_existing_needs_a_database(tmp_path: Path, runs) -> None:
     RunDB.open_existing(tmp_path).close()
 
 
+def test_checking_rows_is_not_fooled_by_a_run_finished_meanwhile(tmp_path: Path, runs) -> None:
+    """A DAG's POST scripts open the folder (and check its rows) while others finish runs:
+    a run finished between the check's reads of the verdicts and of the states once made a
+    healthy database look damaged, and the POST script fail without a verdict."""
+    setup = RunDB(tmp_path)
+    setup.set_meta(backend="condor")
+    setup.add_runs(runs)
+    setup.start_attempt("0001")
+    setup.close()
+    checker = RunDB(tmp_path, create=False)
+    other = RunDB(tmp_path, create=False)
+    read_results = checker.results
+
+    def results_then_another_finishes() -> dict[str, RunResult]:
+        seen = read_results()
+        if "0001" not in seen:
+            other.finish_attempt(result("0001", "pass", 1), final=True)
+        return seen
+
+    checker.results = results_then_another_finishes  # type: ignore[method-assign]
+    checker.check_rows()  # one snapshot: 0001 is running in all of it
+    assert other.states()["0001"][0] == "done"
+    del checker.results
+    checker.check_rows()  # and done, with its verdict, in the next one
+    checker.close()
+    other.close()
+
+
 def test_two_connections_see_each_other(tmp_path: Path, runs) -> None:
     a = RunDB(tmp_path)
     a.add_runs(runs)

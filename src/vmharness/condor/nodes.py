@@ -14,9 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import os
 import sys
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -48,10 +51,36 @@ from .job import (
 # POST script exit codes; the VM node has RETRY N UNLESS-EXIT 2.
 POST_OK, POST_RETRY, POST_FAILED = 0, 1, 2
 REPORT_REFRESH_S = 30  # POST scripts refresh the reports at most this often
+NODE_ERRORS = "logs/node-errors.log"  # under condor/: what a PRE or POST script died of
 EVENT_WAIT_S = 20  # how long post waits for the job's final event to reach its log
 
 
 # -- submit side: the nodes ----------------------------------------------------------------------
+def _kept_errors(step: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """DAGMan keeps only a PRE or POST script's exit code: what it died of is appended to
+    condor/logs/node-errors.log, so that a run without a verdict can say why."""
+
+    def wrap(node_step: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(node_step)
+        def logged(run_dir: Path, *args: object) -> int:
+            try:
+                return node_step(run_dir, *args)
+            except BaseException as exc:
+                if not (isinstance(exc, SystemExit) and exc.code in (0, None)):
+                    with (
+                        contextlib.suppress(OSError),
+                        open(run_dir / CONDOR_DIR / NODE_ERRORS, "a") as log,
+                    ):
+                        when = time.strftime("%Y-%m-%d %H:%M:%S")
+                        log.write(f"== {when} {step} {' '.join(map(str, args))}\n")
+                        log.write("".join(traceback.format_exception(exc)))
+                raise
+
+        return logged
+
+    return wrap
+
+
 def _context(folder: RunFolder, plan: Plan) -> RunContext:
     return RunContext(
         run_dir=folder.path,
@@ -91,6 +120,7 @@ def prepare_attempt(folder: RunFolder, run: Run, plan: Plan) -> int:
     return attempt
 
 
+@_kept_errors("prep")
 def node_prep(run_dir: Path, run_id: str) -> int:
     _system_path()
     folder, run = _open(run_dir, run_id)
@@ -98,6 +128,7 @@ def node_prep(run_dir: Path, run_id: str) -> int:
     return 0
 
 
+@_kept_errors("pre")
 def node_pre(run_dir: Path, node: str) -> int:
     """PRE script of the VM node: nothing on a first try (the prep node made the disks); on a
     DAGMan retry, or a rerun from a rescue DAG, a fresh attempt: new disks, job.json."""
@@ -149,6 +180,7 @@ def _all_denied_before(run_dir: Path, run_id: str) -> bool:
     return True
 
 
+@_kept_errors("post")
 def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: str = "") -> int:
     """Decide and record one attempt of a run. Exit: 0 verdict, 1 retry (died), 2 died."""
     _system_path()
@@ -231,6 +263,7 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     return POST_OK if not died else (POST_FAILED if final else POST_RETRY)
 
 
+@_kept_errors("final")
 def node_final(run_dir: Path) -> int:
     _system_path()
     folder = RunFolder.open(run_dir)
@@ -255,7 +288,7 @@ def close_unfinished(folder: RunFolder) -> list[str]:
         else:
             why = (
                 "its VM job never came to a verdict: the DAG was removed, or the POST "
-                f"script failed (see {CONDOR_DIR}/*.dagman.out)"
+                f"script failed (see {CONDOR_DIR}/{NODE_ERRORS} and {CONDOR_DIR}/*.dagman.out)"
             )
         folder.db.finish_attempt(
             RunResult(
