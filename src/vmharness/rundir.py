@@ -179,14 +179,16 @@ class RunFolder:
         return known_failures_from_json(self.db.meta().get("known_failures", []))
 
     def report_input(self) -> ReportInput:
-        meta = self.db.meta()
-        results = self.db.results()
-        states = self.db.states()
+        with self.db.snapshot():  # POST scripts may be finishing runs meanwhile
+            meta = self.db.meta()
+            results = self.db.results()
+            states = self.db.states()
+            runs = self.db.runs()
+            attempts = [(run.id, a) for run in runs for a in self.db.attempts(run.id)]
         entries: list[tuple[Run, RunResult | None]] = []
-        for run in self.db.runs():
+        for run in runs:
             done = states.get(run.id, ("pending", 0))[0] == "done"
             entries.append((run, results.get(run.id) if done else None))
-        attempts = [(run.id, a) for run in self.db.runs() for a in self.db.attempts(run.id)]
         return ReportInput(
             title=meta.get("title", "vmharness"),
             run_dir=self.path,

@@ -50,9 +50,12 @@ CREATE TABLE IF NOT EXISTS attempts (
     status TEXT,                    -- verdict, or 'interrupted'
     reason TEXT,
     host TEXT,
+    not_the_hosts TEXT,             -- a death the execute host did not cause: why
     PRIMARY KEY (run_id, attempt)
 );
 """
+# Columns added after the first release: (table, column, type); older folders get them at open.
+_ADDED_COLUMNS = (("attempts", "not_the_hosts", "TEXT"),)
 
 
 class DamagedRunDB(UsageError):
@@ -84,9 +87,17 @@ class RunDB:
             self.conn.execute("PRAGMA synchronous=NORMAL")
             if create:
                 self.conn.executescript(_SCHEMA)
+            self._add_new_columns()
         except sqlite3.DatabaseError as exc:
             self.conn.close()
             raise self._error(exc) from exc
+
+    def _add_new_columns(self) -> None:
+        """A folder made by an older vmharness gets the columns this one writes."""
+        for table, column, kind in _ADDED_COLUMNS:
+            have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
+            if have and column not in have:
+                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     @classmethod
     def open_existing(cls, run_dir: Path) -> RunDB:
@@ -263,9 +274,17 @@ class RunDB:
         now = time.time()
         with self.tx() as c:
             c.execute(
-                "UPDATE attempts SET ended = ?, status = ?, reason = ?, host = ? "
-                "WHERE run_id = ? AND attempt = ?",
-                (now, result.status, result.reason, result.host, result.run_id, result.attempt),
+                "UPDATE attempts SET ended = ?, status = ?, reason = ?, host = ?, "
+                "not_the_hosts = ? WHERE run_id = ? AND attempt = ?",
+                (
+                    now,
+                    result.status,
+                    result.reason,
+                    result.host,
+                    result.not_the_hosts,
+                    result.run_id,
+                    result.attempt,
+                ),
             )
             c.execute(
                 "UPDATE runs SET state = ?, status = ?, result_json = ?, updated = ? WHERE id = ?",
@@ -296,7 +315,7 @@ class RunDB:
         return n
 
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
-        cols = ["attempt", "started", "ended", "status", "reason", "host"]
+        cols = ["attempt", "started", "ended", "status", "reason", "host", "not_the_hosts"]
         rows = self._query(
             f"SELECT {', '.join(cols)} FROM attempts WHERE run_id = ? ORDER BY attempt", (run_id,)
         )

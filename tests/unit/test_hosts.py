@@ -148,6 +148,8 @@ def test_the_reports_section_counts_died_attempts_per_host() -> None:
         ("0003", {"attempt": 1, "status": "died", "host": "ep2", "reason": "[red]no[/red]"}),
         ("0004", {"attempt": 1, "status": "died", "host": "", "reason": "never ran"}),
         ("0005", {"attempt": 1, "status": None, "host": "ep3", "reason": None}),  # running
+        # the guest wrote a corrupt output disk on ep3: not ep3's failure
+        ("0006", {"attempt": 1, "status": "died", "host": "ep3", "not_the_hosts": "the guest"}),
     ]
     got = infra_by_host(rows, {"ep2": "2 in a row"})
     assert [h.host for h in got] == ["ep2"]  # a test failure never counts; no host, no entry

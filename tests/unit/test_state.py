@@ -275,6 +275,41 @@ def test_checking_rows_is_not_fooled_by_a_run_finished_meanwhile(tmp_path: Path,
     other.close()
 
 
+def test_an_attempt_keeps_why_its_death_was_not_the_hosts(db) -> None:
+    db.start_attempt("0001")
+    db.finish_attempt(result("0001", "died", 1, not_the_hosts="the guest spoiled it"), final=False)
+    db.start_attempt("0001")
+    db.finish_attempt(result("0001", "died", 2), final=True)
+    rows = db.attempts("0001")
+    assert [(a["attempt"], a["not_the_hosts"]) for a in rows] == [
+        (1, "the guest spoiled it"),
+        (2, ""),
+    ]
+
+
+def test_a_folder_from_before_the_column_gets_it(tmp_path: Path, runs) -> None:
+    old_schema = """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    CREATE TABLE runs (id TEXT PRIMARY KEY, seq INTEGER NOT NULL, run_json TEXT NOT NULL,
+        state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, status TEXT,
+        result_json TEXT, updated REAL NOT NULL);
+    CREATE TABLE attempts (run_id TEXT NOT NULL, attempt INTEGER NOT NULL, started REAL NOT NULL,
+        ended REAL, status TEXT, reason TEXT, host TEXT, PRIMARY KEY (run_id, attempt));
+    """
+    conn = sqlite3.connect(tmp_path / DB_NAME)
+    conn.executescript(old_schema)
+    conn.close()
+    db = RunDB(tmp_path, create=False)
+    db.set_meta(backend="local")
+    db.add_runs(runs)
+    db.start_attempt("0002")
+    db.finish_attempt(result("0002", "died", 1, not_the_hosts="a person"), final=True)
+    db.close()
+    again = RunDB.open_existing(tmp_path)
+    assert again.attempts("0002")[0]["not_the_hosts"] == "a person"
+    again.close()
+
+
 def test_two_connections_see_each_other(tmp_path: Path, runs) -> None:
     a = RunDB(tmp_path)
     a.add_runs(runs)

@@ -68,11 +68,13 @@ class HostFailures:
 def infra_by_host(
     attempts: Iterable[tuple[str, dict]], denied: dict[str, str]
 ) -> list[HostFailures]:
-    """From (run id, attempt row) pairs: the hosts that had infrastructure failures."""
+    """From (run id, attempt row) pairs: the hosts that had infrastructure failures. A death
+    the host did not cause (the guest spoiled its output, a person removed the job) is not
+    the host's, nor a success on it."""
     by: dict[str, HostFailures] = {}
     for run_id, a in attempts:
         host = a.get("host") or ""
-        if not host or not a.get("status"):
+        if not host or not a.get("status") or a.get("not_the_hosts"):
             continue
         h = by.setdefault(host, HostFailures(host=host, denied=denied.get(host, "")))
         if a["status"] == "died":
