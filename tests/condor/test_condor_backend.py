@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -28,6 +27,8 @@ from pathlib import Path
 import pytest
 
 htcondor = pytest.importorskip("htcondor2", reason="the htcondor PyPI bindings are not installed")
+
+from poolrun import pool_work_folder, vmharness  # noqa: E402
 
 from vmharness.condor import events, nodes, status  # noqa: E402
 from vmharness.condor import job as jobfile  # noqa: E402
@@ -301,29 +302,7 @@ def debian_image(condor_pool):
 
 @pytest.fixture
 def work(condor_pool):
-    """A folder under /tmp that everyone may enter (run folders in it are the pool account's);
-    whatever of it is still queued after the test is removed."""
-    path = Path(tempfile.mkdtemp(prefix="vmh-condor-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    schedd = htcondor.Schedd()
-    constraint = f'regexp("^{path}/", VmharnessRunDir ?: "")'
-    if schedd.query(constraint, projection=["ClusterId"]):
-        schedd.act(htcondor.JobAction.Remove, constraint)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def vmharness(*args: str | Path, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb", PYTHONUNBUFFERED="1")
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        [*VMH, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
-    )
-    print(
-        f"$ vmharness {' '.join(map(str, args))} -> {proc.returncode} "
-        f"({time.monotonic() - t0:.1f}s)\n{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
-    )
-    return proc
+    yield from pool_work_folder("vmh-condor-test-")
 
 
 def _keys(obj, prefix: str = "") -> set[str]:

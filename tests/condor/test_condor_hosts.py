@@ -20,6 +20,8 @@ import pytest
 
 htcondor = pytest.importorskip("htcondor2", reason="the htcondor PyPI bindings are not installed")
 
+from poolrun import vmharness  # noqa: E402
+
 from vmharness.hosts import DenyList  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,19 +105,6 @@ def nodes_pool(debian_image) -> Iterator[object]:
     htcondor.reload_config()
     down = pool("down")
     assert down.returncode == 0, down.stderr
-
-
-def vmharness(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        [*VMH, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
-    )
-    print(
-        f"$ vmharness {' '.join(map(str, args))} -> {proc.returncode} "
-        f"({time.monotonic() - t0:.1f}s)\n{proc.stdout[-4000:]}\n{proc.stderr[-2000:]}"
-    )
-    return proc
 
 
 def attempts_by_host(rundir: Path) -> dict[str, list[str]]:

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -25,6 +24,8 @@ from pathlib import Path
 import pytest
 
 htcondor = pytest.importorskip("htcondor2", reason="the htcondor PyPI bindings are not installed")
+
+from poolrun import pool_work_folder, vmharness  # noqa: E402
 
 from vmharness.condor import gahp  # noqa: E402
 
@@ -87,29 +88,8 @@ def debian_image(pool):
 
 @pytest.fixture
 def work(pool: Pool):
-    """A folder under /tmp that the pool's account can enter; what is queued from it after the
-    test is removed, and its VMs must be gone."""
-    path = Path(tempfile.mkdtemp(prefix="vmh-vmu-test-", dir="/tmp"))
-    path.chmod(0o755)
-    yield path
-    schedd = htcondor.Schedd()
-    constraint = f'regexp("^{path}", VmharnessRunDir ?: Iwd ?: "")'
-    if schedd.query(constraint, projection=["ClusterId"]):
-        schedd.act(htcondor.JobAction.Remove, constraint)
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def vmharness(*args: str | Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb", PYTHONUNBUFFERED="1")
-    t0 = time.monotonic()
-    proc = subprocess.run(
-        [*VMH, *map(str, args)], capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO
-    )
-    print(
-        f"$ vmharness {' '.join(map(str, args))} -> {proc.returncode} "
-        f"({time.monotonic() - t0:.1f}s)\n{proc.stdout[-5000:]}\n{proc.stderr[-3000:]}"
-    )
-    return proc
+    """A folder for run folders and hand-written jobs (tests/poolrun.py)."""
+    yield from pool_work_folder("vmh-vmu-test-")
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float, every: float = 1.0):
