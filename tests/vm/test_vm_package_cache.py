@@ -11,13 +11,11 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
 import json
 import os
 import shutil
 import signal
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -25,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aptrepo import make_deb, publish
 from conftest import run_cli
 
 from vmharness.wire.guest import PROXY_FALLBACK_NOTE
@@ -38,50 +37,7 @@ pytestmark = [
 ]
 
 
-def make_deb(tmp: Path, version: str) -> Path:
-    pkg = tmp / f"build-{version}"
-    (pkg / "DEBIAN").mkdir(parents=True)
-    (pkg / "usr" / "bin").mkdir(parents=True)
-    (pkg / "DEBIAN" / "control").write_text(
-        f"Package: vmharness-cached\nVersion: {version}\nArchitecture: all\n"
-        "Maintainer: vmharness tests <tests@localhost>\nDescription: says its version\n"
-    )
-    script = pkg / "usr" / "bin" / "vmharness-cached"
-    script.write_text(f"#!/bin/sh\necho cached {version}\n")
-    script.chmod(0o755)
-    deb = tmp / f"vmharness-cached_{version}_all.deb"
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(pkg), str(deb)],
-        check=True,
-        capture_output=True,
-    )
-    return deb
-
-
-def publish(folder: Path, deb: Path, stamp: float) -> None:
-    """(Re)publish a flat repository holding only DEB; files dated STAMP (If-Modified-Since
-    has a resolution of a second, so a republication must be dated later)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.glob("*.deb"):
-        old.unlink()
-    shutil.copy(deb, folder / deb.name)
-    data = deb.read_bytes()
-    control = subprocess.run(
-        ["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    packages = (
-        f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
-        f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n"
-    ).encode()
-    (folder / "Packages").write_bytes(packages)
-    (folder / "Release").write_text(
-        "Origin: vmharness-tests\nLabel: vmharness-tests\nSuite: cached\nCodename: cached\n"
-        f"Date: {time.strftime('%a, %d %b %Y %H:%M:%S UTC', time.gmtime(stamp))}\n"
-        f"Architectures: all amd64\nSHA256:\n {hashlib.sha256(packages).hexdigest()} "
-        f"{len(packages)} Packages\n"
-    )
-    for path in folder.iterdir():
-        os.utime(path, (stamp, stamp))
+PKG = "vmharness-cached"
 
 
 class Repository:
@@ -154,7 +110,12 @@ def test_a_second_run_fetches_no_package_and_a_newer_version_is_seen(
     # Versions unique to this test: the proxy's cache outlives it, and a repository of an
     # earlier session on the same port would have had a 1.0 with other bytes.
     tag = f"+t{time.time_ns()}"
-    publish(repository.root / "repo", make_deb(tmp_path, "1.0" + tag), time.time() - 60)
+    publish(
+        repository.root / "repo",
+        make_deb(tmp_path, PKG, "1.0" + tag),
+        suite="cached",
+        stamp=time.time() - 60,
+    )
     first = spec(tmp_path, repository.port, {"cached": "vmharness-cached"}, "first.yaml")
 
     code, runs = run(first, tmp_path / "run1")
@@ -171,7 +132,12 @@ def test_a_second_run_fetches_no_package_and_a_newer_version_is_seen(
     assert len(repository.debs_served()) == 1  # the second run's package came from the cache
 
     # Published after the image and the proxy cached the lists: the next run installs it.
-    publish(repository.root / "repo", make_deb(tmp_path, "1.1" + tag), time.time())
+    publish(
+        repository.root / "repo",
+        make_deb(tmp_path, PKG, "1.1" + tag),
+        suite="cached",
+        stamp=time.time(),
+    )
     both = spec(
         tmp_path,
         repository.port,
@@ -195,7 +161,12 @@ def test_the_proxy_killed_mid_matrix_the_runs_after_it_go_direct_and_pass(
     from vmharness.vm.pkgproxy import PackageProxy
 
     tag = f"+t{time.time_ns()}"
-    publish(repository.root / "repo", make_deb(tmp_path, "2.0" + tag), time.time() - 60)
+    publish(
+        repository.root / "repo",
+        make_deb(tmp_path, PKG, "2.0" + tag),
+        suite="cached",
+        stamp=time.time() - 60,
+    )
     spec_file = spec(
         tmp_path,
         repository.port,

@@ -9,7 +9,6 @@ package that does not exist (status `install`).
 from __future__ import annotations
 
 import functools
-import hashlib
 import http.server
 import json
 import os
@@ -20,6 +19,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from aptrepo import make_deb, publish
 
 pytestmark = [
     pytest.mark.vm,
@@ -33,52 +33,11 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def make_deb(tmp: Path, version: str) -> Path:
-    pkg = tmp / f"build-{version}"
-    (pkg / "DEBIAN").mkdir(parents=True)
-    (pkg / "usr" / "bin").mkdir(parents=True)
-    (pkg / "DEBIAN" / "control").write_text(
-        f"Package: vmharness-hello\nVersion: {version}\nArchitecture: all\n"
-        "Maintainer: vmharness tests <tests@localhost>\n"
-        "Description: says hello with its version\n"
-    )
-    script = pkg / "usr" / "bin" / "vmharness-hello"
-    script.write_text(f"#!/bin/sh\necho hello {version}\n")
-    script.chmod(0o755)
-    deb = tmp / f"vmharness-hello_{version}_all.deb"
-    subprocess.run(
-        ["dpkg-deb", "--root-owner-group", "-Zgzip", "--build", str(pkg), str(deb)],
-        check=True,
-        capture_output=True,
-    )
-    return deb
-
-
-def make_repo(folder: Path, deb: Path) -> None:
-    """A flat apt repository: the .deb, Packages and a Release that lists it."""
-    folder.mkdir(parents=True)
-    shutil.copy(deb, folder / deb.name)
-    data = deb.read_bytes()
-    control = subprocess.run(
-        ["dpkg-deb", "-f", str(deb)], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    packages = (
-        f"{control}\nFilename: ./{deb.name}\nSize: {len(data)}\n"
-        f"SHA256: {hashlib.sha256(data).hexdigest()}\n\n"
-    ).encode()
-    (folder / "Packages").write_bytes(packages)
-    (folder / "Release").write_text(
-        "Origin: vmharness-tests\nLabel: vmharness-tests\nSuite: tests\nCodename: tests\n"
-        "Date: Tue, 24 Nov 2026 00:00:00 UTC\nArchitectures: all amd64\n"
-        f"SHA256:\n {hashlib.sha256(packages).hexdigest()} {len(packages)} Packages\n"
-    )
-
-
 @pytest.fixture
 def apt_server(tmp_path: Path):
     served = tmp_path / "served"
-    make_repo(served / "v1", make_deb(tmp_path, "1.0"))
-    make_repo(served / "v2", make_deb(tmp_path, "2.0"))
+    publish(served / "v1", make_deb(tmp_path, "vmharness-hello", "1.0"))
+    publish(served / "v2", make_deb(tmp_path, "vmharness-hello", "2.0"))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
