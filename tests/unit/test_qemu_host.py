@@ -241,6 +241,26 @@ def test_a_vm_outlives_the_worker_thread_that_started_it() -> None:
         proc.wait()
 
 
+def test_a_crashing_vm_leaves_no_core_file(tmp_path: Path) -> None:
+    """A qemu that aborts (a failing KVM probe does: an assertion) dumps no core: one is as
+    large as the guest's memory, and a root-owned one in a pool job's sandbox breaks the
+    job's file transfer."""
+    import resource
+
+    was = resource.getrlimit(resource.RLIMIT_CORE)
+    if was[1] == 0:
+        pytest.skip("core files are off for this process already: nothing to show")
+    resource.setrlimit(resource.RLIMIT_CORE, (was[1], was[1]))  # as a pool's daemons may run
+    try:
+        proc = spawn(["sh", "-c", "ulimit -c; kill -ABRT $$"], stdout=subprocess.PIPE, cwd=tmp_path)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        resource.setrlimit(resource.RLIMIT_CORE, was)
+    assert out.decode().strip() == "0"  # the limit the child had: no core file at all
+    assert proc.returncode == -signal.SIGABRT
+    assert not list(tmp_path.iterdir())
+
+
 HOLDER = """
 import sys, time
 from vmharness.vm.lifetime import spawn

@@ -102,8 +102,15 @@ def _probe_kvm(kernel: Path) -> tuple[str, str]:
         ]
         t0 = time.monotonic()
         # Tied to this process (lifetime.py): a probe that hangs must not outlive a killed run.
+        # In its own folder: a failing KVM can make qemu abort (an assertion), and whatever it
+        # leaves belongs in no run's folder or pool job's sandbox.
         proc = spawn(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            cwd=tmp,
         )
         try:
             _out, err = proc.communicate(timeout=PROBE_TIMEOUT_S)

@@ -13,6 +13,10 @@ pool. So every qemu is forked by one thread kept for the life of the process (`s
 ends only when the process does. The child checks, after setting the signal, that vmharness is
 still its parent: if vmharness died between fork and prctl the signal would never come.
 
+A qemu that crashes leaves no core file: one is as large as the guest's memory, lands in the
+folder qemu runs in (a pool job's sandbox, where a root-owned one also breaks the job's file
+transfer), and is no use to a test run.
+
 (The other way, a registry of pid files that the next vmharness reaps, leaves VMs running
 until someone starts vmharness again, and can kill a stranger's process that got a recycled
 pid; the kernel's way has neither problem.)
@@ -24,6 +28,7 @@ import contextlib
 import ctypes
 import os
 import queue
+import resource
 import signal
 import subprocess
 import sys
@@ -36,9 +41,11 @@ _LIBC = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 
 
 def _die_with(parent: int):
-    """The child's last step before exec: SIGKILL when `parent`'s forking thread ends."""
+    """The child's last step before exec: SIGKILL when `parent`'s forking thread ends; no
+    core file."""
 
     def preexec() -> None:
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
         if _LIBC is not None and _LIBC.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0):
             os._exit(126)  # could not tie it to us: better no VM than an immortal one
         if os.getppid() != parent:  # vmharness is already gone
