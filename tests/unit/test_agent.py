@@ -82,3 +82,50 @@ def test_fqdn_prefers_the_dotted_name_of_this_host(
     assert agent.fqdn() == "vmtest.localdomain"
     hosts.write_text("127.0.0.1 localhost\n")
     assert agent.fqdn() == "vmtest"
+
+
+@pytest.mark.skipif(not shutil.which("gpg"), reason="needs gpg to compare with")
+def test_the_agent_dearmors_apt_keys_as_gpg_does(agent: ModuleType, tmp_path: Path) -> None:
+    """apt-key goes over each key file, dearmoring .asc ones, for every signature it checks
+    (seconds under TCG): the agent hands its apt runs the same keys as one binary keyring,
+    byte for byte what gpg makes of them."""
+    keys = sorted(Path("/usr/share/keyrings").glob("*.asc")) + sorted(
+        Path("/etc/apt/trusted.gpg.d").glob("*.asc")
+    )
+    if not keys:
+        pytest.skip("no armoured keys on this host")
+    source = tmp_path / "trusted.gpg.d"
+    source.mkdir()
+    for key in keys:
+        shutil.copy(key, source / key.name)
+    (source / "binary.gpg").write_bytes(b"\x99binary")
+    (source / "README").write_text("not a key")
+    target = tmp_path / "dearmored"
+    target.mkdir()
+    (target / "stale.gpg").write_bytes(b"a key removed since")
+    assert agent.dearmored_trusted_parts(str(source), str(target))
+    assert [p.name for p in target.iterdir()] == [agent.AGENT_KEYRING]
+    expected = b""
+    for name in sorted(p.name for p in source.iterdir()):
+        if name == "binary.gpg":
+            expected += b"\x99binary"
+        elif name.endswith(".asc"):
+            data = (source / name).read_bytes()
+            ref = subprocess.run(["gpg", "--dearmor"], input=data, capture_output=True)
+            expected += ref.stdout
+    assert (target / agent.AGENT_KEYRING).read_bytes() == expected
+
+
+def test_a_key_that_is_not_armour_leaves_apt_to_its_own_way(
+    agent: ModuleType, tmp_path: Path
+) -> None:
+    source = tmp_path / "trusted.gpg.d"
+    source.mkdir()
+    (source / "broken.asc").write_text("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\nnot base64!\n")
+    assert not agent.dearmored_trusted_parts(str(source), str(tmp_path / "out"))
+    with pytest.raises(ValueError):
+        agent.dearmor("-----BEGIN PGP PUBLIC KEY BLOCK-----\n\n-----END PGP PUBLIC KEY BLOCK-----")
+    assert agent.dearmor(
+        "-----BEGIN PGP PUBLIC KEY BLOCK-----\nComment: x\n\nAQID\n=abcd\n"
+        "-----END PGP PUBLIC KEY BLOCK-----\n"
+    ) == bytes([1, 2, 3])
