@@ -93,12 +93,16 @@ def execute_point(run_dir: Path, run_id: str, result_json: str) -> None:
     """What comes back from the pool: the output disk the guest wrote, run-one's outcome.json,
     the job's event log."""
     work = run_dir / "runs" / run_id / "work"
+    # HTCondor brings the disk back under another name (transfer_output_remaps): the empty
+    # output.img stays for a start again
+    returned = work / jobfile.RETURNED_OUTPUT
+    shutil.copy(work / "output.img", returned)
     staging = work / "guest-files"
     staging.mkdir()
     (staging / "result.json").write_text(result_json)
     (staging / "agent.log").write_text("phase test: done\n")
     for entry in sorted(staging.iterdir()):
-        subprocess.run(["mcopy", "-i", str(work / "output.img"), str(entry), "::/"], check=True)
+        subprocess.run(["mcopy", "-i", str(returned), str(entry), "::/"], check=True)
     shutil.rmtree(staging)
     # run-one reports the slot's Machine (from .machine.ad): the pool's name for the host
     outcome = VMOutcome(ended="poweroff", seconds=4.0, accelerator="tcg", host="ep1.pool")
@@ -134,6 +138,7 @@ def test_prep_and_post_pass_the_runs_files_through_the_wire(submitted) -> None:
     assert got.phases["guest:test"] == 1.0 and "disks" in got.phases
     stored = read_document(run_dir / "runs" / run_id / RUN_FILE, RESULT, RunResult)
     assert stored == got
+    assert not (work / "output.img").exists() and not (work / jobfile.RETURNED_OUTPUT).exists()
 
 
 def test_post_gives_a_hostile_result_json_its_verdict_and_asks_for_a_retry(submitted) -> None:
@@ -188,3 +193,17 @@ def test_what_a_post_script_died_of_is_kept_and_named_at_the_end(submitted) -> N
     finally:
         folder.db.close()
     assert nodes.NODE_ERRORS in reason and "no verdict when the DAG ended" in reason
+
+
+def test_a_job_started_again_is_given_an_empty_output_disk(submitted) -> None:
+    """A job HTCondor starts again (after a failed transfer, a hold, an eviction) gets the
+    disks it was submitted with: what a start wrote comes back under another name."""
+    run_dir, _run_id, _ = submitted
+    sub = (run_dir / "condor" / "vm.sub").read_text()
+    remaps = next(line for line in sub.splitlines() if line.startswith("transfer_output_remaps"))
+    assert f"output.img = {jobfile.RETURNED_OUTPUT}" in remaps
+    assert "console.log = " in remaps
+    for style in ("vm", "qemu"):
+        opts = condor.SubmitOptions(style=style, node_python="/py", job_python="/jpy", owner=None)
+        desc = condor.vm_description(run_dir, opts)
+        assert f"output.img = {jobfile.RETURNED_OUTPUT}" in desc["transfer_output_remaps"]

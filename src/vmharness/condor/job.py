@@ -27,6 +27,10 @@ from ..wire.formats import JOB, OUTCOME, PLAN
 
 JOB_FILE = "job.json"
 OUTCOME_FILE = "outcome.json"
+# The output disk as it comes back (transfer_output_remaps): the empty output.img the job was
+# given stays as it was, so a job HTCondor starts again (after a hold or an eviction) gets an
+# empty disk, never what an earlier start wrote.
+RETURNED_OUTPUT = "output.returned.img"
 JOB_LOG = "condor-job.log"  # in runs/<id>/, beside console.log
 PLAN_FILE = "plan.json"  # in condor/: what the submit decided, for the nodes
 CONDOR_DIR = "condor"

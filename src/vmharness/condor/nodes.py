@@ -38,6 +38,7 @@ from .job import (
     JOB_FILE,
     JOB_LOG,
     OUTCOME_FILE,
+    RETURNED_OUTPUT,
     SYSTEM_PATH,
     Plan,
     describe_job,
@@ -204,7 +205,7 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     else:
         outcome = outcome_from(hist, read_outcome(work / OUTCOME_FILE), plan.style, plan)
         job = job_in(desc, work)
-        job = replace(job, console_log=log_dir / "console.log")
+        job = replace(job, console_log=log_dir / "console.log", output_disk=work / RETURNED_OUTPUT)
         try:
             result = runner.collect(
                 run,
@@ -256,6 +257,7 @@ def node_post(run_dir: Path, node: str, retry: int, max_retries: int, job_id: st
     final = settle(result, infra_before=retry, retries=max_retries, removed=hist.aborted)
     final = final or bool(give_up)
     folder.db.finish_attempt(result, final=final)
+    (work / "output.img").unlink(missing_ok=True)  # the empty one it was given: scratch now
     if log_dir.is_dir():
         runner.write_run_json(log_dir, result)
     refresh_reports(folder)

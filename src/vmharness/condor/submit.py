@@ -46,6 +46,7 @@ from .job import (
     JOB_FILE,
     JOB_LOG,
     OUTCOME_FILE,
+    RETURNED_OUTPUT,
     SYSTEM_PATH,
     TIMEOUT_HOLD_SUBCODE,
     Plan,
@@ -366,6 +367,7 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
             "vm_no_output_vm": "false",
             "transfer_input_files": "$(vmh_inputs)",
             "transfer_output_files": "output.img",
+            "transfer_output_remaps": _remaps(logs, console=False),
             **common,
         }
         if opts.vm_helper:
@@ -375,7 +377,7 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
             rest = common.get("requirements")  # the user's and the deny-list's
             vm["requirements"] = mine + (f" && ({rest})" if rest else "")
             vm["transfer_output_files"] = f"output.img,console.log,{OUTCOME_FILE}"
-            vm["transfer_output_remaps"] = f'"console.log = {logs}/console.log"'
+            vm["transfer_output_remaps"] = _remaps(logs)
             vm[f"My.{VM_WALL_ATTR}"] = "$(vmh_vm_wall)"
         return vm
     env = f"PATH={SYSTEM_PATH}" + (f" VMHARNESS_ACCEL={opts.accel}" if opts.accel else "")
@@ -386,9 +388,16 @@ def vm_description(run_dir: Path, opts: SubmitOptions) -> dict[str, str]:
         "environment": f'"{env}"',
         "transfer_input_files": "$(vmh_inputs)",
         "transfer_output_files": f"output.img,console.log,{OUTCOME_FILE}",
-        "transfer_output_remaps": f'"console.log = {logs}/console.log"',
+        "transfer_output_remaps": _remaps(logs),
         **common,
     }
+
+
+def _remaps(logs: str, console: bool = True) -> str:
+    """The console beside the run's logs; the output disk under another name than the empty
+    one the job is given (job.RETURNED_OUTPUT)."""
+    pairs = [f"output.img = {RETURNED_OUTPUT}"] + [f"console.log = {logs}/console.log"] * console
+    return '"' + "; ".join(pairs) + '"'
 
 
 def _vm_vars(run: Run, image: StagedImage, opts: SubmitOptions) -> dict[str, str]:
