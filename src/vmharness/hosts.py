@@ -20,14 +20,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import UsageError
+from .errors import UsageError, VmharnessError
 from .images.cache import default_cache_root
+from .spec.units import parse_duration
 from .wire.codec import WireError, read_document, to_text, write_document
 from .wire.formats import HOSTS
 
@@ -40,16 +40,6 @@ DEFAULT_EXPIRY_S = 24 * 3600
 def default_path() -> Path:
     env = os.environ.get(HOSTS_FILE_ENV)
     return Path(env) if env else default_cache_root() / "hosts.json"
-
-
-def parse_duration(text: str) -> float:
-    """'90', '90s', '15m', '24h', '7d' -> seconds."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*", text)
-    if not m:
-        raise UsageError(
-            f"not a duration: {text!r}", hint="write seconds, or a number with s, m, h or d"
-        )
-    return float(m.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
 
 
 @dataclass(frozen=True)
@@ -78,16 +68,17 @@ class Policy:
                     values["expiry_s"] = parse_duration(value)
                 else:
                     raise ValueError(key)
-            except ValueError:
+            except (ValueError, VmharnessError):
                 raise UsageError(
-                    f"the deny-list policy {text!r} has a bad part {part!r}",
+                    f"the deny-list policy {text!r} (--deny-policy or {POLICY_ENV}) has a bad "
+                    f"part {part!r}",
                     hint="write e.g. after=2,rate=0.5,window=10,expiry=24h "
                     "(after: failures in a row; rate over the last `window` runs)",
                 ) from None
         policy = cls(**values)  # type: ignore[arg-type]
         if policy.consecutive < 0 or policy.window < 0 or not 0 < policy.rate <= 1:
             raise UsageError(
-                f"the deny-list policy {text!r} is out of range",
+                f"the deny-list policy {text!r} (--deny-policy or {POLICY_ENV}) is out of range",
                 hint="after >= 0, window >= 0, 0 < rate <= 1",
             )
         return policy

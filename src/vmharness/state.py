@@ -97,7 +97,11 @@ class RunDB:
         for table, column, kind in _ADDED_COLUMNS:
             have = {row[1] for row in self.conn.execute(f"PRAGMA table_info({table})")}
             if have and column not in have:
-                self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                try:
+                    self.conn.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # another process added it first
+                        raise
 
     @classmethod
     def open_existing(cls, run_dir: Path) -> RunDB:

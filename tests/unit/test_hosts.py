@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from vmharness.errors import UsageError
-from vmharness.hosts import DenyList, HostsFile, Policy, classad_list, parse_duration
+from vmharness.hosts import DenyList, HostsFile, Policy, classad_list
+from vmharness.spec import parse_duration
 
 HOUR = 3600.0
 
@@ -155,3 +156,21 @@ def test_the_reports_section_counts_died_attempts_per_host() -> None:
     assert [h.host for h in got] == ["ep2"]  # a test failure never counts; no host, no entry
     assert got[0].failures == [("0001", 1, "qemu broke"), ("0003", 1, "[red]no[/red]")]
     assert (got[0].runs_ok, got[0].denied) == (1, "2 in a row")
+
+
+def test_deny_sub_keeps_giving_up_once_every_host_is_denied(tmp_path: Path) -> None:
+    """POST scripts rewrite deny.sub as the list changes; once one found every execute point
+    denied, a later rewrite (a host cleared, say) must not bring the DAG's jobs back."""
+    from vmharness.condor import deny
+    from vmharness.condor.job import CONDOR_DIR
+
+    (tmp_path / CONDOR_DIR).mkdir()
+    deny.write_deny_sub(tmp_path, ["ep1"])
+    text = (tmp_path / CONDOR_DIR / deny.DENY_SUB).read_text()
+    assert f'My.{deny.DENIED_ATTR} = {{"ep1"}}' in text and deny.ALL_DENIED_ATTR not in text
+    deny.write_deny_sub(tmp_path, ["ep1", "ep2"], "every execute point is on the deny-list")
+    deny.write_deny_sub(tmp_path, ["ep2"])
+    text = (tmp_path / CONDOR_DIR / deny.DENY_SUB).read_text()
+    assert f'My.{deny.DENIED_ATTR} = {{"ep2"}}' in text
+    assert f"My.{deny.ALL_DENIED_ATTR} = true" in text
+    assert deny.given_up(tmp_path) == "every execute point is on the deny-list"

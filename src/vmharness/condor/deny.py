@@ -44,6 +44,7 @@ def write_deny_sub(run_dir: Path, denied: list[str], give_up: str = "") -> None:
     cdir = run_dir / CONDOR_DIR
     if give_up:
         (cdir / ALL_DENIED_FILE).write_text(give_up + "\n")
+    give_up = give_up or given_up(run_dir)  # once given up, every later rewrite keeps it
     path = cdir / DENY_SUB
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     tmp.write_text(
@@ -87,13 +88,19 @@ def record_end(
         with DenyList.locked(Path(plan.hosts_file), Policy.parse(plan.deny_policy)) as d:
             change = d.record(host, failed=died, run=run_id, reason=reason, run_dir=str(run_dir))
             denied = d.denied()
+            if change:
+                # Under the list's lock: POST scripts ending together must not leave
+                # deny.sub or the idle jobs with an older list than the last one written.
+                write_deny_sub(run_dir, denied)
+                with contextlib.suppress(Exception):
+                    edit_idle(run_dir, denied)
     except Exception as exc:  # noqa: BLE001
-        print(f"vmharness: warning: the deny-list {plan.hosts_file} was not updated: {exc}")
+        hint = getattr(exc, "hint", None)
+        print(
+            f"vmharness: warning: the deny-list {plan.hosts_file} was not updated: {exc}"
+            + (f" ({hint})" if hint else "")
+        )
         return "", []
-    if change:
-        write_deny_sub(run_dir, denied)
-        with contextlib.suppress(Exception):
-            edit_idle(run_dir, denied)
     return change, denied
 
 

@@ -462,14 +462,17 @@ class Guestfish:
         # a pipe would never see its end.
         out = self.log.with_suffix(".start")
         with open(out, "w+") as f:
-            code = subprocess.call(
-                ["guestfish", "--listen", "--format=qcow2", "-a", str(self.disk)],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                env=self.env,
-                timeout=120,
-            )
+            try:
+                code = subprocess.call(
+                    ["guestfish", "--listen", "--format=qcow2", "-a", str(self.disk)],
+                    stdout=f,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env,
+                    timeout=120,
+                )
+            except subprocess.TimeoutExpired:
+                code = -1  # (a child of its that may have started is named in the text)
             f.seek(0)
             text = f.read()
         out.unlink()
@@ -482,26 +485,36 @@ class Guestfish:
     def __exit__(self, *exc: object) -> None:
         if self.pid is None:
             return
-        proc = subprocess.run(
-            ["guestfish", f"--remote={self.pid}", "--", "exit"],
-            capture_output=True,
-            env=self.env,
-            timeout=600,
-        )
-        if proc.returncode != 0:  # it is stuck or gone: do not leave an appliance behind
+        try:
+            code = subprocess.run(
+                ["guestfish", f"--remote={self.pid}", "--", "exit"],
+                capture_output=True,
+                env=self.env,
+                timeout=600,
+            ).returncode
+        except subprocess.TimeoutExpired:
+            code = -1
+        if code != 0:  # it is stuck or gone: do not leave an appliance behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGKILL)
         self.pid = None
 
     def run(self, *args: str, check: bool = True, timeout: float = 1800) -> str:
         t0 = time.monotonic()
-        proc = subprocess.run(
-            ["guestfish", f"--remote={self.pid}", "--", *args],
-            capture_output=True,
-            text=True,
-            env=self.env,
-            timeout=timeout,
-        )
+        try:
+            proc = subprocess.run(
+                ["guestfish", f"--remote={self.pid}", "--", *args],
+                capture_output=True,
+                text=True,
+                env=self.env,
+                timeout=timeout,
+            )
+        except subprocess.TimeoutExpired:
+            raise GuestfishError(
+                f"guestfish {args[0]} did not finish in {timeout:.0f}s (see {self.log})",
+                hint="nothing was imported; `libguestfs-test-tool` shows whether libguestfs "
+                "works here (under emulation it is slow: try again on a quieter machine)",
+            ) from None
         with open(self.log, "a") as log:
             log.write(
                 f"$ {shlex.join(args)[:300]}  -> {proc.returncode} "

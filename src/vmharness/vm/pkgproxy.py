@@ -39,6 +39,7 @@ PROGRAM = "apt-cacher-ng"
 FOLDER = "package-cache"  # under the vmharness cache root
 START_TIMEOUT_S = 15
 STOP_TIMEOUT_S = 10
+ANSWER_WAIT_S = 10  # how long a running proxy of ours may take to accept a connection
 INSTALL_HINT = (
     "install it (sudo apt-get install apt-cacher-ng, or `make setup`) to cache packages for "
     "every VM; runs fetch from the mirrors directly meanwhile"
@@ -169,8 +170,14 @@ class PackageProxy:
             info = ProxyInfo(pid=int(state["pid"]), port=int(state["port"]))
         except (OSError, ValueError, KeyError, TypeError):
             return None
-        if not self._is_ours(info.pid) or not _answers(info.port):
+        if not self._is_ours(info.pid):
             return None
+        deadline = time.monotonic() + ANSWER_WAIT_S
+        while not _answers(info.port):  # a loaded machine can keep it a while
+            if time.monotonic() > deadline:
+                self._stop(info.pid)  # ours, but deaf: never two on one cache folder
+                return None
+            time.sleep(0.2)
         return info
 
     def _is_ours(self, pid: int) -> bool:
