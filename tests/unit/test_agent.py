@@ -129,3 +129,89 @@ def test_a_key_that_is_not_armour_leaves_apt_to_its_own_way(
         "-----BEGIN PGP PUBLIC KEY BLOCK-----\nComment: x\n\nAQID\n=abcd\n"
         "-----END PGP PUBLIC KEY BLOCK-----\n"
     ) == bytes([1, 2, 3])
+
+
+class _Mirror:
+    """A mirror (or a proxy: requests by absolute URL) on 127.0.0.1 serving FILES by path."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        import http.server
+        import threading
+
+        self.files, self.requests = files, []
+        mirror = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                mirror.requests.append(self.path)
+                path = self.path.split("://", 1)[-1].split("/", 1)[-1]
+                body = mirror.files.get("/" + path)
+                self.send_response(200 if body is not None else 404)
+                self.end_headers()
+                self.wfile.write(body or b"")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_the_image_lists_are_current_only_if_every_inrelease_is_the_same(
+    agent: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """apt-get update is skipped only when it would find nothing new: every InRelease of the
+    sources, fetched now, is byte for byte the lists' copy."""
+    lists, parts = tmp_path / "lists", tmp_path / "sources.list.d"
+    lists.mkdir()
+    parts.mkdir()
+    monkeypatch.setattr(agent, "LISTS_DIR", str(lists))
+    monkeypatch.setattr(agent, "SOURCES_PARTS", str(parts))
+    monkeypatch.setattr(agent, "SOURCES_LIST", str(tmp_path / "sources.list"))
+    mirror = _Mirror({"/debian/dists/stable/InRelease": b"signed release 1"})
+    try:
+        host = f"127.0.0.1:{mirror.port}"
+        (tmp_path / "sources.list").write_text(
+            f"# the image's\ndeb http://{host}/debian stable main  # comment\n\n"
+        )
+        name = f"127.0.0.1:{mirror.port}_debian_dists_stable_InRelease"
+        assert agent.release_file(f"deb http://{host}/debian stable main") == (
+            f"http://{host}/debian/dists/stable/InRelease",
+            name,
+        )
+        assert agent.lists_unchanged(None) is None  # apt has no copy yet
+        (lists / name).write_bytes(b"signed release 1")
+        assert "1 InRelease file(s) fetched in" in agent.lists_unchanged(None)
+        # through a proxy: the request names the whole URL
+        proxy = _Mirror(mirror.files)
+        try:
+            assert "through the proxy" in agent.lists_unchanged(f"http://127.0.0.1:{proxy.port}")
+            assert proxy.requests == [f"http://{host}/debian/dists/stable/InRelease"]
+        finally:
+            proxy.close()
+        mirror.files["/debian/dists/stable/InRelease"] = b"signed release 2"  # published
+        assert agent.lists_unchanged(None) is None
+        mirror.files["/debian/dists/stable/InRelease"] = b"signed release 1"
+        (parts / "extra.list").write_text(f"deb http://{host}/extra ./\n")  # flat: left to apt
+        assert agent.lists_unchanged(None) is None
+        (parts / "extra.list").unlink()
+        (parts / "other.sources").write_text("Types: deb\n")  # deb822: left to apt
+        assert agent.lists_unchanged(None) is None
+        (parts / "other.sources").unlink()
+        assert agent.lists_unchanged(None)
+    finally:
+        mirror.close()
+    assert agent.lists_unchanged(None) is None  # the mirror cannot be reached: apt decides
+    for line in (
+        "deb [signed-by=/k.gpg] http://h/debian stable main",
+        "deb https://h/debian stable main",
+        "deb-src http://h/debian stable main",
+        "deb http://h/debian stable",
+        "deb http://h/de%20bian stable main",
+    ):
+        assert agent.release_file(line) is None, line
