@@ -553,11 +553,14 @@ def test_submit_with_vmharnesss_helper_brings_the_console_back() -> None:
     other = opts(vm_helper=False)
     desc = submit.vm_description(Path("/r"), mine)
     assert desc["transfer_output_files"] == "output.img,console.log,outcome.json"
-    assert desc["transfer_output_remaps"] == '"console.log = /r/runs/$(vmh_run)/console.log"'
+    assert desc["transfer_output_remaps"] == (
+        '"output.img = output.returned.img; console.log = /r/runs/$(vmh_run)/console.log"'
+    )
     assert desc["requirements"] == "(TARGET.VmharnessVMGahp =!= undefined)"
     assert desc["My.VmharnessWallTimeout"] == "$(vmh_vm_wall)"
     plain = submit.vm_description(Path("/r"), other)  # HTCondor's own helper: no console.log
     assert plain["transfer_output_files"] == "output.img" and "requirements" not in plain
+    assert plain["transfer_output_remaps"] == '"output.img = output.returned.img"'
     assert "My.VmharnessWallTimeout" not in plain
     req = submit.vm_description(Path("/r"), opts(vm_helper=True, requirements='Machine != "x"'))
     assert req["requirements"] == '(TARGET.VmharnessVMGahp =!= undefined) && (Machine != "x")'
