@@ -145,6 +145,29 @@ def test_install_and_update_failures_keep_their_status(tmp_path: Path) -> None:
         assert "no such package" in result.reason
 
 
+def test_an_unreachable_repository_is_died_but_not_the_execute_hosts(tmp_path: Path) -> None:
+    """A repository outage looks the same from every execute host: counted against them, it
+    would deny the whole pool (hosts.py). A guest whose own network never came up counts."""
+    unreachable = agent_result(
+        failed_phase="network",
+        error="apt-get update: a repository could not be reached (Could not connect to x)",
+        phases=[
+            {"name": "network", "start_s": 0.4, "duration_s": 0.1, "ok": True},
+            {"name": "install", "start_s": 0.5, "duration_s": 3.0, "ok": False},
+        ],
+    )
+    result = one_attempt(tmp_path / "repo", ("poweroff", {"result.json": unreachable}))
+    assert result.status == "died" and "could not be reached" in result.reason
+    assert result.not_the_hosts.startswith("a package repository could not be reached")
+    no_network = agent_result(
+        failed_phase="network",
+        error="no address on any interface",
+        phases=[{"name": "network", "start_s": 0.4, "duration_s": 30.0, "ok": False}],
+    )
+    result = one_attempt(tmp_path / "net", ("poweroff", {"result.json": no_network}))
+    assert result.status == "died" and result.not_the_hosts == ""
+
+
 def test_a_vm_timeout_is_timeout_with_partial_logs(tmp_path: Path) -> None:
     result = one_attempt(tmp_path, ("timeout", {"test.log": "half"}))
     assert result.status == "timeout"

@@ -236,6 +236,22 @@ def collect(
     return result
 
 
+def _unreachable_repository(agent: dict, failed: object) -> str:
+    """Why a death is not the execute host's, when the guest's network came up and a package
+    repository still could not be reached: an outage of the repository looks the same from
+    every host, and counting it would deny them all (hosts.py). A guest without a network
+    (the agent's own network phase failed) still counts."""
+    phases = agent.get("phases")
+    failed_in = [
+        p.get("name")
+        for p in (phases if isinstance(phases, list) else [])
+        if isinstance(p, dict) and p.get("ok") is False
+    ]
+    if failed == "network" and failed_in and failed_in[-1] in ("install", "update"):
+        return "a package repository could not be reached from a guest whose network was up"
+    return ""
+
+
 def write_run_json(log_dir: Path, result: RunResult) -> None:
     """The attempt's verdict beside its logs, for whoever reads the run folder by hand."""
     write_document(log_dir / RUN_FILE, RESULT, result)
@@ -312,7 +328,13 @@ def decide(
     if failed in ("install", "update"):
         return verdict(failed, f"{failed} failed: {error}", versions=versions, phases=phases)
     if failed or (error and agent.get("test_exit_code") is None):
-        return verdict("died", f"agent: {error or failed}", versions=versions, phases=phases)
+        return verdict(
+            "died",
+            f"agent: {error or failed}",
+            versions=versions,
+            phases=phases,
+            not_the_hosts=_unreachable_repository(agent, failed),
+        )
     code = agent.get("test_exit_code")
     code = code if isinstance(code, int) else None
     parsed = parse_results(
