@@ -184,7 +184,7 @@ class RunFolder:
             results = self.db.results()
             states = self.db.states()
             runs = self.db.runs()
-            attempts = [(run.id, a) for run in runs for a in self.db.attempts(run.id)]
+            attempts = self.db.all_attempts()
         entries: list[tuple[Run, RunResult | None]] = []
         for run in runs:
             done = states.get(run.id, ("pending", 0))[0] == "done"

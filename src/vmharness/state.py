@@ -318,12 +318,23 @@ class RunDB:
         )
         return n
 
+    _ATTEMPT_COLUMNS = ("attempt", "started", "ended", "status", "reason", "host", "not_the_hosts")
+
     def attempts(self, run_id: str) -> list[dict[str, Any]]:
-        cols = ["attempt", "started", "ended", "status", "reason", "host", "not_the_hosts"]
+        cols = self._ATTEMPT_COLUMNS
         rows = self._query(
             f"SELECT {', '.join(cols)} FROM attempts WHERE run_id = ? ORDER BY attempt", (run_id,)
         )
         return [dict(zip(cols, row, strict=True)) for row in rows]
+
+    def all_attempts(self) -> list[tuple[str, dict[str, Any]]]:
+        """(run id, attempt) of every run, in the matrix's order: one query for the reports."""
+        cols = self._ATTEMPT_COLUMNS
+        rows = self._query(
+            f"SELECT a.run_id, {', '.join('a.' + c for c in cols)} FROM attempts a "
+            "JOIN runs r ON r.id = a.run_id ORDER BY r.seq, a.attempt"
+        )
+        return [(row[0], dict(zip(cols, row[1:], strict=True))) for row in rows]
 
 
 def require_run_folder(run_dir: Path) -> Path:

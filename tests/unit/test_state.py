@@ -280,7 +280,9 @@ def test_an_attempt_keeps_why_its_death_was_not_the_hosts(db) -> None:
     db.finish_attempt(result("0001", "died", 1, not_the_hosts="the guest spoiled it"), final=False)
     db.start_attempt("0001")
     db.finish_attempt(result("0001", "died", 2), final=True)
+    db.start_attempt("0003")
     rows = db.attempts("0001")
+    assert db.all_attempts() == [("0001", a) for a in rows] + [("0003", db.attempts("0003")[0])]
     assert [(a["attempt"], a["not_the_hosts"]) for a in rows] == [
         (1, "the guest spoiled it"),
         (2, ""),
