@@ -146,6 +146,19 @@ def test_warm_command_has_no_run_disks_and_two_free_ports(tmp_path: Path) -> Non
     assert "in.img" in cold and "out.img" in cold and local.SNAPSHOT_FLAG not in cold
 
 
+def test_software_emulation_gets_no_fast_string_copies(tmp_path: Path) -> None:
+    # TCG runs `rep movsb` a byte a step; a guest told of ERMS/FSRM uses it for every page.
+    cmd = local.qemu_command(job(tmp_path), "tcg", tmp_path / "o.qcow2", tmp_path / "q.sock")
+    cpu = cmd[cmd.index("-cpu") + 1].split(",")
+    assert cpu[0] == "max" and {"erms=off", "fsrm=off"} <= set(cpu[1:])
+    kvm = local.qemu_command(job(tmp_path), "kvm", tmp_path / "o.qcow2", tmp_path / "q.sock")
+    assert kvm[kvm.index("-cpu") + 1] == "host"
+    # a snapshot saved with one CPU model is never restored with another
+    (tmp_path / "disk.qcow2").write_bytes(b"")
+    shape = local._snapshot_shape(job(tmp_path), "tcg")
+    assert shape["cpu"] == local.cpu_model("tcg") != local.cpu_model("kvm")
+
+
 def test_commas_in_paths_do_not_split_qemu_options(tmp_path: Path) -> None:
     odd = tmp_path / "a,b"
     cmd = local.qemu_command(job(odd), "tcg", odd / "o.qcow2", tmp_path / "q.sock")
