@@ -4,19 +4,31 @@ when it is installed: it starts in a fraction of a second)."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import importlib.machinery
 import importlib.util
+import os
 import shutil
 import socket
+import subprocess
+import sys
+import threading
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from aptrepo import make_deb
+from conftest import cli_env
 
 from vmharness.engine.attempt import conditions_for
 from vmharness.spec import load_spec
 from vmharness.spec.expand import expand
+from vmharness.vm import pkgproxy
 from vmharness.vm.pkgproxy import PackageProxy, ProxyUnavailable, config_text
 from vmharness.wire.guest import GUEST_HOST_ADDRESS, PROXY_FALLBACK_NOTE
 
@@ -263,3 +275,102 @@ def test_lists_the_proxy_could_not_fetch_are_fetched_directly(
     a.install([], ["x"])
     assert a.proxy is None
     assert (tmp_path / "calls").read_text().count(" update ") == 2  # proxy, then direct
+
+
+def _cached(data: Path, name: str, size: int, used: float) -> Path:
+    """A file as apt-cacher-ng keeps it (with its NAME.head), last used at USED."""
+    path = data / "deb.debian.org" / "debian" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x" * size)
+    Path(f"{path}.head").write_bytes(b"h" * 100)
+    os.utime(path, (used, used))
+    return path
+
+
+def test_a_cache_over_its_limit_loses_the_packages_used_least_recently(tmp_path: Path) -> None:
+    proxy = PackageProxy(tmp_path)
+    now = time.time()
+    old = _cached(proxy.data, "pool/a_1_all.deb", 4000, now - 9 * 86400)
+    older_rpm = _cached(proxy.data, "pool/b-1.noarch.rpm", 4000, now - 10 * 86400)
+    recent = _cached(proxy.data, "pool/c_1_all.deb", 4000, now - 86400)
+    index = _cached(proxy.data, "dists/bookworm/InRelease", 4000, now - 30 * 86400)
+    assert proxy.trim(20_000) == pkgproxy.Trimmed(size_before=16_400)  # under: nothing goes
+    trimmed = proxy.trim(12_000)  # 16,400 bytes held; down to 80% of the limit: 9,600
+    assert (trimmed.files, trimmed.removed) == (2, 8200)
+    assert trimmed.size_after == 8200 <= 9600
+    assert not older_rpm.exists() and not old.exists() and not Path(f"{old}.head").exists()
+    assert recent.exists() and Path(f"{recent}.head").exists()
+    assert index.exists()  # index files are never trimmed: they are revalidated anyway
+
+
+def test_package_cache_max_is_read_from_the_option_or_the_environment(tmp_path: Path) -> None:
+    env = cli_env(VMHARNESS_PACKAGE_CACHE_MAX="lots")
+    proc = subprocess.run(
+        [sys.executable, "-m", "vmharness.cli", "run", str(tmp_path / "no-spec.yaml")],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    assert "--package-cache-max" in proc.stderr and "$VMHARNESS_PACKAGE_CACHE_MAX" in proc.stderr
+    assert "'lots'" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.skipif(not shutil.which("apt-cacher-ng"), reason="apt-cacher-ng not installed")
+def test_a_trimmed_package_is_fetched_again_through_the_real_proxy(tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    debs = [make_deb(tmp_path, name, "1.0") for name in ("one", "two", "three")]
+    for deb in debs:
+        (www / "repo").mkdir(parents=True, exist_ok=True)
+        shutil.copy(deb, www / "repo" / deb.name)
+    handler = functools.partial(QuietHandler, directory=str(www))
+    # A port below 32768: apt-cacher-ng 3.7 cannot fetch from higher ones.
+    httpd = None
+    for port in range(24000 + os.getpid() % 1000, 32000):
+        with contextlib.suppress(OSError):
+            httpd = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+            break
+    assert httpd is not None
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{httpd.server_address[1]}/repo/"
+    try:
+        proxy = PackageProxy(tmp_path / "cache")
+        info = proxy.start()
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": info.host_url}))
+        for deb in debs:
+            with opener.open(base + deb.name, timeout=10) as response:
+                assert response.read() == deb.read_bytes()
+        proxy.release()
+        cached = {p.name: p for p in proxy.data.rglob("*.deb")}
+        assert sorted(cached) == sorted(d.name for d in debs)
+        for age, deb in enumerate(reversed(debs)):  # "one" used longest ago
+            os.utime(cached[deb.name], (time.time() - age * 86400,) * 2)
+        held = sum(p.stat().st_size for p in proxy.data.rglob("*") if p.is_file())
+        again = PackageProxy(tmp_path / "cache", max_bytes=held - 1)
+        info = again.start()
+        try:
+            assert again.trimmed is not None and again.trimmed.files >= 1
+            assert not cached["one_1.0_all.deb"].exists() and cached["three_1.0_all.deb"].exists()
+            log_before = again.access_log.read_text()
+            opener = urllib.request.build_opener(
+                urllib.request.ProxyHandler({"http": info.host_url})
+            )
+            with opener.open(base + "one_1.0_all.deb", timeout=10) as response:
+                assert response.read() == debs[0].read_bytes()
+            deadline = time.monotonic() + 10  # the proxy logs a transfer once it is done
+            fetched = ""
+            while "|I|" not in fetched and time.monotonic() < deadline:
+                time.sleep(0.1)
+                fetched = again.access_log.read_text()[len(log_before) :]
+            assert "|I|" in fetched and "one_1.0_all.deb" in fetched  # from the origin again
+        finally:
+            again.release()
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass

@@ -32,6 +32,7 @@ from ..rundir import RunFolder
 from ..spec import Run
 from ..state import PENDING, RunDB
 from ..vm.accel import choose_accelerator
+from ..vm.pkgproxy import DEFAULT_MAX_BYTES as DEFAULT_PACKAGE_CACHE_MAX
 from ..vm.pkgproxy import PackageProxy, ProxyUnavailable
 from ..vm.qemu import LocalVMs, check_free_space, snapshot_shape, vm_disk_need
 from ..vm.snapshots import SnapshotStore
@@ -290,6 +291,7 @@ def run_locally(
     max_age_s: float = DEFAULT_MAX_AGE_S,
     rebuild: bool = False,
     package_proxy: str = AUTO_PROXY,
+    package_cache_max: int = DEFAULT_PACKAGE_CACHE_MAX,
 ) -> None:
     runs = folder.db.runs()
     images = images_for(runs, cache, console, max_age_s=max_age_s, rebuild=rebuild)
@@ -314,7 +316,7 @@ def run_locally(
             SnapshotStore(store).prune({image.folder.name for image in cache.list()})
         console.print(Text(_snapshot_plan(todo, images, accel, SnapshotStore(store))))
     with contextlib.ExitStack() as stack:
-        proxy = _package_proxy(package_proxy, todo, cache, console, stack)
+        proxy = _package_proxy(package_proxy, package_cache_max, todo, cache, console, stack)
         ctx = RunContext(
             run_dir=folder.path,
             boot=boot,
@@ -326,7 +328,12 @@ def run_locally(
 
 
 def _package_proxy(
-    choice: str, todo: list[Run], cache: ImageCache, console: Console, stack: contextlib.ExitStack
+    choice: str,
+    max_bytes: int,
+    todo: list[Run],
+    cache: ImageCache,
+    console: Console,
+    stack: contextlib.ExitStack,
 ) -> str | None:
     """The package proxy URL the guests get: a given one, none, or (auto) the cache's own
     apt-cacher-ng, started for as long as the runs last (and shared with other vmharness)."""
@@ -335,20 +342,32 @@ def _package_proxy(
     if choice != AUTO_PROXY:
         console.print(Text(f"package proxy: {choice} (given)"))
         return choice
-    proxy = PackageProxy(cache.root)
+    proxy = PackageProxy(cache.root, max_bytes=max_bytes)
     try:
         info = proxy.start()
     except (ProxyUnavailable, OSError) as exc:
         console.print(Text.assemble(("package cache off:", "yellow"), f" {exc}"), highlight=False)
         return None
     stack.callback(proxy.release)
+    trimmed = proxy.trimmed
+    size = trimmed.size_after if trimmed else proxy.size_bytes()
     console.print(
         Text(
-            f"package cache: {proxy.folder} ({proxy.size_bytes() / 1e6:.0f} MB), apt-cacher-ng on "
+            f"package cache: {proxy.folder} ({size / 1e6:.0f} MB), apt-cacher-ng on "
             f"127.0.0.1:{info.port}, the guests' {info.guest_url}"
         ),
         highlight=False,
     )
+    if trimmed and trimmed.files:
+        console.print(
+            Text(
+                f"package cache: it held {trimmed.size_before / 1e6:.0f} MB, over its limit of "
+                f"{max_bytes / 1e6:.0f} MB (--package-cache-max): removed the "
+                f"{trimmed.files} package file(s) used least recently ({trimmed.removed / 1e6:.0f}"
+                " MB); they are fetched again if a run asks for them"
+            ),
+            highlight=False,
+        )
     return info.guest_url
 
 

@@ -12,6 +12,11 @@ Index files (InRelease, Release, Packages) are revalidated with the mirror on ev
 served from the cache. apt in the guest still checks every signature and hash: the proxy only
 stores what the mirror sent.
 
+The cache has a size limit (`vmharness run --package-cache-max`, 10G by default): when a
+vmharness starts the proxy and the cache holds more, the package files used least recently (by
+their access time, which the kernel keeps to about a day) go until it holds 80% of the limit.
+Index files stay; a removed package is fetched again when a run asks for it.
+
 Several vmharness processes share one proxy: each holds a shared lock on `users.lock` while it
 runs; the last to leave stops it (by the pid it recorded, after checking that the process is
 the proxy of this folder).
@@ -40,6 +45,12 @@ FOLDER = "package-cache"  # under the vmharness cache root
 START_TIMEOUT_S = 15
 STOP_TIMEOUT_S = 10
 ANSWER_WAIT_S = 10  # how long a running proxy of ours may take to accept a connection
+DEFAULT_MAX_BYTES = 10 * 1024**3
+TRIM_TO = 0.8  # of the limit, so that a cache at its limit is not trimmed at every start
+# What a trim may remove: the bulk of the cache, and never needed again once superseded.
+# apt-cacher-ng keeps each file's headers beside it as NAME.head.
+PACKAGE_SUFFIXES = (".deb", ".udeb", ".ddeb", ".rpm")
+HEAD_SUFFIX = ".head"
 INSTALL_HINT = (
     "install it (sudo apt-get install apt-cacher-ng, or `make setup`) to cache packages for "
     "every VM; runs fetch from the mirrors directly meanwhile"
@@ -48,6 +59,19 @@ INSTALL_HINT = (
 
 class ProxyUnavailable(Exception):
     """The package cache cannot be started here; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Trimmed:
+    """What a start found in the cache and removed to keep it under its limit."""
+
+    size_before: int
+    files: int = 0
+    removed: int = 0  # bytes
+
+    @property
+    def size_after(self) -> int:
+        return self.size_before - self.removed
 
 
 @dataclass(frozen=True)
@@ -96,9 +120,13 @@ def config_text(folder: Path, port: int) -> str:
 class PackageProxy:
     """The package cache of one vmharness cache folder."""
 
-    def __init__(self, cache_root: Path, program: str = PROGRAM):
+    def __init__(
+        self, cache_root: Path, program: str = PROGRAM, max_bytes: int = DEFAULT_MAX_BYTES
+    ):
         self.folder = cache_root / FOLDER
         self.program = program
+        self.max_bytes = max_bytes
+        self.trimmed: Trimmed | None = None  # set by a start that started the proxy
         self._users: IO[str] | None = None
         self.info: ProxyInfo | None = None
 
@@ -125,7 +153,8 @@ class PackageProxy:
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         with self._lock("start.lock"):
             info = self._running()
-            if info is None:
+            if info is None:  # nothing serves from the cache now: it may be trimmed
+                self.trimmed = self.trim(self.max_bytes)
                 info = self._spawn(exe)
             users = open(self.folder / "run" / "users.lock", "a")  # noqa: SIM115 (held)
             fcntl.flock(users, fcntl.LOCK_SH)
@@ -245,6 +274,39 @@ class PackageProxy:
                 with contextlib.suppress(OSError):
                     total += os.lstat(os.path.join(root, name)).st_size
         return total
+
+    def trim(self, max_bytes: int) -> Trimmed:
+        """If the cache holds more than MAX_BYTES, remove the package files used least
+        recently until it holds TRIM_TO of it. Only while no proxy serves from it (start
+        calls it under the start lock, before starting one)."""
+        packages: list[tuple[float, int, str]] = []  # (last use, bytes with headers, path)
+        total = 0
+        for root, _dirs, files in os.walk(self.data):
+            for name in files:
+                path = os.path.join(root, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                total += st.st_size
+                if name.endswith(PACKAGE_SUFFIXES):
+                    head = 0
+                    with contextlib.suppress(OSError):
+                        head = os.lstat(path + HEAD_SUFFIX).st_size
+                    packages.append((max(st.st_atime, st.st_mtime), st.st_size + head, path))
+        if total <= max_bytes:
+            return Trimmed(size_before=total)
+        packages.sort()
+        goal, removed, count = total - int(max_bytes * TRIM_TO), 0, 0
+        for _used, size, path in packages:
+            if removed >= goal:
+                break
+            for doomed in (path, path + HEAD_SUFFIX):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(doomed)
+            removed += size
+            count += 1
+        return Trimmed(size_before=total, files=count, removed=removed)
 
     def clear(self) -> None:
         """Empty the cache (the proxy must not be running: ProxyUnavailable if it is)."""
