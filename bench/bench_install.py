@@ -9,7 +9,12 @@
    (it is cleared: the bench says so) and again warm. Prints the wall times and what the
    package cache fetched from the mirrors during each (bytes, and how many .debs).
 
-    sudo .venv/bin/python bench/bench_install.py [--repeat 3] [--matrix]
+3. With --compare-tcg: the same curl run under the software-emulation settings of before
+   (`-cpu max`, the guest with address-space randomisation) and of now (`TCG_CPU`,
+   `TCG_KERNEL_FLAGS`), alternated --repeat times after a warm-up of each; prints both medians
+   and their ratio.
+
+    sudo .venv/bin/python bench/bench_install.py [--repeat 3] [--matrix] [--compare-tcg]
 
 Needs root (images), the Debian mirror and apt-cacher-ng (`make setup`); --package-proxy none
 measures the same run without the cache.
@@ -32,6 +37,7 @@ from vmharness.engine.attempt import ImageRef, RunContext, collect, prepare
 from vmharness.images.cache import ImageCache
 from vmharness.images.recipe import load_recipe
 from vmharness.spec import PackageSet, Platform, Run, Source, TestSettings, VMSettings
+from vmharness.vm import qemu
 from vmharness.vm.accel import choose_accelerator
 from vmharness.vm.pkgproxy import PackageProxy
 from vmharness.vm.qemu import LocalVMs
@@ -148,12 +154,45 @@ def matrix(cache: ImageCache) -> None:
             print(proc.stdout[-3000:], proc.stderr[-2000:])
 
 
+# Software emulation as it was before guests lost ERMS/FSRM and address-space randomisation.
+TCG_BEFORE = {"TCG_CPU": "max", "TCG_KERNEL_FLAGS": ""}
+
+
+def compare_tcg(image: ImageRef, accel: str, tmp: Path, store: Path, url: str | None, n: int):
+    now = {name: getattr(qemu, name) for name in TCG_BEFORE}
+    totals: dict[str, list[float]] = {"before": [], "now": []}
+    installs: dict[str, list[float]] = {"before": [], "now": []}
+    try:
+        for i in range(n + 1):  # the first round makes both snapshots
+            for label, settings in (("before", TCG_BEFORE), ("now", now)):
+                for name, value in settings.items():
+                    setattr(qemu, name, value)
+                row = one(image, accel, tmp, 100 + 2 * i + (label == "now"), store, url)
+                if i:
+                    totals[label].append(row["total"])
+                    installs[label].append(row["apt-get install"])
+    finally:
+        for name, value in now.items():
+            setattr(qemu, name, value)
+    med = {label: statistics.median(values) for label, values in totals.items()}
+    print(f"\nthe curl run, software emulation before / now, alternated {n} times:")
+    for label, settings in (("before", TCG_BEFORE), ("now", now)):
+        print(
+            f"  {label:6} -cpu {settings['TCG_CPU']}, kernel +'{settings['TCG_KERNEL_FLAGS']}': "
+            f"total {med[label]:.2f} s, apt-get install {statistics.median(installs[label]):.2f} s"
+        )
+    print(f"  before / now: {med['before'] / med['now']:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--matrix", action="store_true", help="also examples/matrix.yaml cold/warm")
     ap.add_argument("--package-proxy", default="auto", help="auto (default) or none")
     ap.add_argument("--keep", metavar="DIR", help="keep the runs' folders (logs) in DIR")
+    ap.add_argument(
+        "--compare-tcg", action="store_true", help="also the emulation settings before/now"
+    )
     args = ap.parse_args()
     cache = ImageCache()
     image = ImageRef.from_cache(cache.get(load_recipe("debian-12"), progress=lambda m: None))
@@ -180,6 +219,9 @@ def main() -> None:
                 print(f"  {key:42} {statistics.median(r[key] for r in rows):6.2f} s")
         if any(r["_fallback"] for r in rows):
             print("  (some runs fell back to the mirror: see their agent.log)")
+        if args.compare_tcg and accel == "tcg":
+            with tempfile.TemporaryDirectory() as tmp_dir:
+                compare_tcg(image, accel, Path(tmp_dir), cache.root / "snapshots", url, args.repeat)
         if args.matrix:
             proxy.release()
             matrix(cache)
