@@ -219,6 +219,8 @@ def main() -> None:
                 print(f"  {key:42} {statistics.median(r[key] for r in rows):6.2f} s")
         if any(r["_fallback"] for r in rows):
             print("  (some runs fell back to the mirror: see their agent.log)")
+        if args.compare_tcg and accel != "tcg":
+            print(f"\n--compare-tcg: not measured, the accelerator here is {accel}")
         if args.compare_tcg and accel == "tcg":
             with tempfile.TemporaryDirectory() as tmp_dir:
                 compare_tcg(image, accel, Path(tmp_dir), cache.root / "snapshots", url, args.repeat)

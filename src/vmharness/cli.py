@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import signal
 import sys
 import threading
@@ -46,9 +45,7 @@ from .spec import (
     json_schema_text,
     load_spec,
     parse_duration,
-    parse_size_mib,
 )
-from .vm.pkgproxy import DEFAULT_MAX_BYTES as DEFAULT_PACKAGE_CACHE_MAX
 from .vm.snapshots import SnapshotStore
 from .wire.codec import encode, read_json, write_json_atomic
 from .wire.files import write_atomic
@@ -74,7 +71,6 @@ def _at_least(minimum: int):
     return parse
 
 
-PACKAGE_CACHE_MAX_ENV = "VMHARNESS_PACKAGE_CACHE_MAX"
 EPILOG = """exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
 3 infrastructure error (no run could be done), 130 interrupted (Ctrl-C), 143 stopped by
 SIGTERM (after either, `vmharness resume RUNDIR` finishes the runs).
@@ -135,11 +131,9 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--package-cache-max",
-        type=_cache_size,
-        default=os.environ.get(PACKAGE_CACHE_MAX_ENV, "10G"),
         metavar="SIZE",
         help="size limit of that cache (default $VMHARNESS_PACKAGE_CACHE_MAX, else 10G): when "
-        "a run starts the proxy and the cache holds more, the packages used least recently go",
+        "a run starts the proxy and the cache holds more, the files used least recently go",
     )
     p.add_argument("--json", type=Path, metavar="FILE", help="also write the results JSON here")
     p.add_argument(
@@ -345,17 +339,6 @@ def _load(args: argparse.Namespace, *, need_images: bool, here: bool = False):
     return spec, expand(spec)
 
 
-def _cache_size(text: str) -> int:
-    """--package-cache-max (or its environment variable) in bytes; argparse names the option."""
-    try:
-        return parse_size_mib(text) * 1024 * 1024
-    except SpecError as exc:
-        raise argparse.ArgumentTypeError(
-            f"{exc.detail} (from --package-cache-max or ${PACKAGE_CACHE_MAX_ENV}); write a size "
-            'such as "10G" or "500M"'
-        ) from None
-
-
 def _max_age(args: argparse.Namespace) -> float:
     if getattr(args, "max_age", None) in (None, "7d"):
         return DEFAULT_MAX_AGE_S
@@ -395,7 +378,7 @@ def _run_here(folder, args: argparse.Namespace, previous: ReportInput | None) ->
             max_age_s=_max_age(args),
             rebuild=args.rebuild,
             package_proxy=getattr(args, "package_proxy", "auto"),
-            package_cache_max=getattr(args, "package_cache_max", DEFAULT_PACKAGE_CACHE_MAX),
+            package_cache_max=args.package_cache_max,
         )
     except KeyboardInterrupt as exc:
         why = "stopped (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"

@@ -9,11 +9,10 @@ import functools
 import http.server
 import importlib.machinery
 import importlib.util
+import io
 import os
 import shutil
 import socket
-import subprocess
-import sys
 import threading
 import time
 import tomllib
@@ -23,9 +22,10 @@ from types import ModuleType
 
 import pytest
 from aptrepo import make_deb
-from conftest import cli_env
 
 from vmharness.engine.attempt import conditions_for
+from vmharness.engine.local import package_cache_limit
+from vmharness.errors import SpecError
 from vmharness.spec import load_spec
 from vmharness.spec.expand import expand
 from vmharness.vm import pkgproxy
@@ -287,34 +287,83 @@ def _cached(data: Path, name: str, size: int, used: float) -> Path:
     return path
 
 
-def test_a_cache_over_its_limit_loses_the_packages_used_least_recently(tmp_path: Path) -> None:
+def test_a_cache_over_its_limit_loses_the_files_used_least_recently(tmp_path: Path) -> None:
     proxy = PackageProxy(tmp_path)
     now = time.time()
     old = _cached(proxy.data, "pool/a_1_all.deb", 4000, now - 9 * 86400)
-    older_rpm = _cached(proxy.data, "pool/b-1.noarch.rpm", 4000, now - 10 * 86400)
+    superseded = _cached(proxy.data, "dists/bookworm/by-hash/SHA256/ab12", 4000, now - 10 * 86400)
     recent = _cached(proxy.data, "pool/c_1_all.deb", 4000, now - 86400)
-    index = _cached(proxy.data, "dists/bookworm/InRelease", 4000, now - 30 * 86400)
+    index = _cached(proxy.data, "dists/bookworm/InRelease", 4000, now - 3600)
+    own = proxy.data / "_xstore" / "record"  # apt-cacher-ng's own: never touched, not counted
+    own.parent.mkdir(parents=True)
+    own.write_bytes(b"r" * 50_000)
     assert proxy.trim(20_000) == pkgproxy.Trimmed(size_before=16_400)  # under: nothing goes
     trimmed = proxy.trim(12_000)  # 16,400 bytes held; down to 80% of the limit: 9,600
     assert (trimmed.files, trimmed.removed) == (2, 8200)
     assert trimmed.size_after == 8200 <= 9600
-    assert not older_rpm.exists() and not old.exists() and not Path(f"{old}.head").exists()
-    assert recent.exists() and Path(f"{recent}.head").exists()
-    assert index.exists()  # index files are never trimmed: they are revalidated anyway
+    assert not superseded.exists() and not old.exists() and not Path(f"{old}.head").exists()
+    assert recent.exists() and Path(f"{recent}.head").exists() and index.exists()
+    assert own.exists()
 
 
-def test_package_cache_max_is_read_from_the_option_or_the_environment(tmp_path: Path) -> None:
-    env = cli_env(VMHARNESS_PACKAGE_CACHE_MAX="lots")
-    proc = subprocess.run(
-        [sys.executable, "-m", "vmharness.cli", "run", str(tmp_path / "no-spec.yaml")],
-        env=env,
-        capture_output=True,
-        text=True,
+def test_a_file_that_cannot_be_removed_is_passed_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy = PackageProxy(tmp_path)
+    now = time.time()
+    stuck = _cached(proxy.data, "pool/a_1_all.deb", 4000, now - 9 * 86400)
+    gone = _cached(proxy.data, "pool/b_1_all.deb", 4000, now - 8 * 86400)
+    real_unlink = os.unlink
+
+    def unlink(path: str) -> None:
+        if path == str(stuck):
+            raise PermissionError(13, "Permission denied", path)
+        real_unlink(path)
+
+    monkeypatch.setattr(pkgproxy.os, "unlink", unlink)
+    trimmed = proxy.trim(5000)  # 8,200 held: the stuck one stays, the next goes
+    assert (trimmed.files, trimmed.removed) == (1, 4100)
+    assert stuck.exists() and not gone.exists()
+
+
+def test_the_cache_limit_is_the_option_else_the_environment_else_10g(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(pkgproxy.MAX_ENV, "lots")
+    assert package_cache_limit("1G") == 1024**3  # the option wins, the variable is not read
+    with pytest.raises(SpecError, match=r"\$VMHARNESS_PACKAGE_CACHE_MAX.*'lots'"):
+        package_cache_limit(None)
+    with pytest.raises(SpecError, match="--package-cache-max.*'huge'"):
+        package_cache_limit("huge")
+    monkeypatch.setenv(pkgproxy.MAX_ENV, "512M")
+    assert package_cache_limit(None) == 512 * 1024**2
+    monkeypatch.delenv(pkgproxy.MAX_ENV)
+    assert package_cache_limit(None) == pkgproxy.DEFAULT_MAX_BYTES == 10 * 1024**3
+
+
+def test_a_bad_cache_limit_stops_only_runs_that_use_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rich.console import Console
+
+    from vmharness.engine import local
+    from vmharness.images.cache import ImageCache
+
+    monkeypatch.setenv(pkgproxy.MAX_ENV, "lots")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "platforms: [debian-12]\nsources: [{label: s, repos: [main]}]\n"
+        "package_sets: [{label: c, packages: [curl]}]\n"
+        "vm: {network: user}\ntest: {command: 'true'}\n"
     )
-    assert proc.returncode == 2
-    assert "--package-cache-max" in proc.stderr and "$VMHARNESS_PACKAGE_CACHE_MAX" in proc.stderr
-    assert "'lots'" in proc.stderr
-    assert not (tmp_path / "runs").exists()
+    runs = expand(load_spec(spec))
+    cache, console = ImageCache(tmp_path / "cache"), Console(file=io.StringIO())
+    with contextlib.ExitStack() as stack:
+        assert local._package_proxy("none", None, runs, cache, console, stack) is None
+        given = "http://10.0.2.2:3128"
+        assert local._package_proxy(given, None, runs, cache, console, stack) == given
+        with pytest.raises(SpecError, match="VMHARNESS_PACKAGE_CACHE_MAX"):
+            local._package_proxy("auto", None, runs, cache, console, stack)
 
 
 @pytest.mark.skipif(not shutil.which("apt-cacher-ng"), reason="apt-cacher-ng not installed")
@@ -344,6 +393,7 @@ def test_a_trimmed_package_is_fetched_again_through_the_real_proxy(tmp_path: Pat
         proxy.release()
         cached = {p.name: p for p in proxy.data.rglob("*.deb")}
         assert sorted(cached) == sorted(d.name for d in debs)
+        assert all(Path(f"{p}.head").is_file() for p in cached.values())  # as trim expects
         for age, deb in enumerate(reversed(debs)):  # "one" used longest ago
             os.utime(cached[deb.name], (time.time() - age * 86400,) * 2)
         held = sum(p.stat().st_size for p in proxy.data.rglob("*") if p.is_file())

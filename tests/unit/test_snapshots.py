@@ -156,10 +156,19 @@ def test_software_emulation_gets_no_fast_string_copies_nor_random_addresses(tmp_
     # nor address-space randomisation (each process would have its libraries translated anew)
     assert "norandmaps" in cmd[cmd.index("-append") + 1].split()
     assert "norandmaps" not in kvm[kvm.index("-append") + 1].split()
-    # a snapshot saved with one CPU model is never restored with another
+
+
+def test_a_snapshot_is_never_restored_under_other_emulation_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "disk.qcow2").write_bytes(b"")
-    shape = local._snapshot_shape(job(tmp_path), "tcg")
-    assert shape["cpu"] == local.cpu_model("tcg") != local.cpu_model("kvm")
+    store = SnapshotStore(tmp_path / "snaps")
+    keys = {store.key(local._snapshot_shape(job(tmp_path), "tcg"))}
+    monkeypatch.setattr(local, "TCG_CPU", "max")
+    keys.add(store.key(local._snapshot_shape(job(tmp_path), "tcg")))
+    monkeypatch.setattr(local, "TCG_KERNEL_FLAGS", "")
+    keys.add(store.key(local._snapshot_shape(job(tmp_path), "tcg")))
+    assert len(keys) == 3
 
 
 def test_commas_in_paths_do_not_split_qemu_options(tmp_path: Path) -> None:

@@ -29,11 +29,10 @@ from ..images.recipe import builtin_names, load_recipe
 from ..report import one_line
 from ..results.model import INFRA, PASSING, RunResult
 from ..rundir import RunFolder
-from ..spec import Run
+from ..spec import Run, parse_size_mib
 from ..state import PENDING, RunDB
 from ..vm.accel import choose_accelerator
-from ..vm.pkgproxy import DEFAULT_MAX_BYTES as DEFAULT_PACKAGE_CACHE_MAX
-from ..vm.pkgproxy import PackageProxy, ProxyUnavailable
+from ..vm.pkgproxy import DEFAULT_MAX, MAX_ENV, PackageProxy, ProxyUnavailable
 from ..vm.qemu import LocalVMs, check_free_space, snapshot_shape, vm_disk_need
 from ..vm.snapshots import SnapshotStore
 from .attempt import ImageRef, RunContext, VMExecutor, execute, fetches_packages, settle
@@ -291,7 +290,7 @@ def run_locally(
     max_age_s: float = DEFAULT_MAX_AGE_S,
     rebuild: bool = False,
     package_proxy: str = AUTO_PROXY,
-    package_cache_max: int = DEFAULT_PACKAGE_CACHE_MAX,
+    package_cache_max: str | None = None,
 ) -> None:
     runs = folder.db.runs()
     images = images_for(runs, cache, console, max_age_s=max_age_s, rebuild=rebuild)
@@ -327,9 +326,21 @@ def run_locally(
         _run_all(folder, runs, images, ctx, accel, slots, retries, console)
 
 
+MIB = 1024 * 1024
+
+
+def package_cache_limit(given: str | None) -> int:
+    """--package-cache-max, else $VMHARNESS_PACKAGE_CACHE_MAX, else the default, in bytes.
+    Read only when the cache is used: a bad value never stops runs that do not use it."""
+    field, text = "--package-cache-max", given
+    if text is None:
+        field, text = f"${MAX_ENV}", os.environ.get(MAX_ENV) or DEFAULT_MAX
+    return parse_size_mib(text, field=field) * MIB
+
+
 def _package_proxy(
     choice: str,
-    max_bytes: int,
+    max_given: str | None,
     todo: list[Run],
     cache: ImageCache,
     console: Console,
@@ -342,6 +353,7 @@ def _package_proxy(
     if choice != AUTO_PROXY:
         console.print(Text(f"package proxy: {choice} (given)"))
         return choice
+    max_bytes = package_cache_limit(max_given)  # a bad value: a SpecError, exit 2
     proxy = PackageProxy(cache.root, max_bytes=max_bytes)
     try:
         info = proxy.start()
@@ -361,10 +373,19 @@ def _package_proxy(
     if trimmed and trimmed.files:
         console.print(
             Text(
-                f"package cache: it held {trimmed.size_before / 1e6:.0f} MB, over its limit of "
-                f"{max_bytes / 1e6:.0f} MB (--package-cache-max): removed the "
-                f"{trimmed.files} package file(s) used least recently ({trimmed.removed / 1e6:.0f}"
-                " MB); they are fetched again if a run asks for them"
+                f"package cache: it held {trimmed.size_before / MIB:.0f} MiB, over its limit of "
+                f"{max_bytes / MIB:.0f} MiB (--package-cache-max): removed the {trimmed.files} "
+                f"file(s) used least recently ({trimmed.removed / MIB:.0f} MiB); they are fetched "
+                "again if a run asks for them"
+            ),
+            highlight=False,
+        )
+    if trimmed and trimmed.size_after > max_bytes:
+        console.print(
+            Text.assemble(
+                ("package cache:", "yellow"),
+                f" still {trimmed.size_after / MIB:.0f} MiB, over its limit: some files could not "
+                f"be removed; see who owns the files under {proxy.data}",
             ),
             highlight=False,
         )

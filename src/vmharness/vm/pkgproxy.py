@@ -13,9 +13,11 @@ served from the cache. apt in the guest still checks every signature and hash: t
 stores what the mirror sent.
 
 The cache has a size limit (`vmharness run --package-cache-max`, 10G by default): when a
-vmharness starts the proxy and the cache holds more, the package files used least recently (by
-their access time, which the kernel keeps to about a day) go until it holds 80% of the limit.
-Index files stay; a removed package is fetched again when a run asks for it.
+vmharness starts the proxy and the cache holds more, the files used least recently go until it
+holds 80% of the limit: superseded packages, and index files a mirror no longer names (its
+`by-hash/` files, one more at each publication, are never asked for again). "Used" is the
+file's access time where the filesystem keeps it (relatime: to about a day), else the time it
+was fetched. A removed file is fetched again when a run asks for it.
 
 Several vmharness processes share one proxy: each holds a shared lock on `users.lock` while it
 runs; the last to leave stops it (by the pid it recorded, after checking that the process is
@@ -45,12 +47,14 @@ FOLDER = "package-cache"  # under the vmharness cache root
 START_TIMEOUT_S = 15
 STOP_TIMEOUT_S = 10
 ANSWER_WAIT_S = 10  # how long a running proxy of ours may take to accept a connection
+MAX_ENV = "VMHARNESS_PACKAGE_CACHE_MAX"
+DEFAULT_MAX = "10G"
 DEFAULT_MAX_BYTES = 10 * 1024**3
 TRIM_TO = 0.8  # of the limit, so that a cache at its limit is not trimmed at every start
-# What a trim may remove: the bulk of the cache, and never needed again once superseded.
-# apt-cacher-ng keeps each file's headers beside it as NAME.head.
-PACKAGE_SUFFIXES = (".deb", ".udeb", ".ddeb", ".rpm")
+# apt-cacher-ng keeps each file's headers beside it as NAME.head, and its own records in
+# top-level folders whose names start with "_" (never trimmed).
 HEAD_SUFFIX = ".head"
+OWN_RECORDS_PREFIX = "_"
 INSTALL_HINT = (
     "install it (sudo apt-get install apt-cacher-ng, or `make setup`) to cache packages for "
     "every VM; runs fetch from the mirrors directly meanwhile"
@@ -276,12 +280,15 @@ class PackageProxy:
         return total
 
     def trim(self, max_bytes: int) -> Trimmed:
-        """If the cache holds more than MAX_BYTES, remove the package files used least
-        recently until it holds TRIM_TO of it. Only while no proxy serves from it (start
-        calls it under the start lock, before starting one)."""
-        packages: list[tuple[float, int, str]] = []  # (last use, bytes with headers, path)
+        """If the cache holds more than MAX_BYTES, remove the files used least recently (each
+        with its headers) until it holds TRIM_TO of it. Only while no proxy serves from it
+        (start calls it under the start lock, before starting one). A file that cannot be
+        removed is passed over: the cache stays usable, only bigger."""
+        cached: list[tuple[float, int, str]] = []  # (last use, bytes with headers, path)
         total = 0
-        for root, _dirs, files in os.walk(self.data):
+        for root, dirs, files in os.walk(self.data):
+            if root == str(self.data):
+                dirs[:] = [d for d in dirs if not d.startswith(OWN_RECORDS_PREFIX)]
             for name in files:
                 path = os.path.join(root, name)
                 try:
@@ -289,21 +296,27 @@ class PackageProxy:
                 except OSError:
                     continue
                 total += st.st_size
-                if name.endswith(PACKAGE_SUFFIXES):
-                    head = 0
-                    with contextlib.suppress(OSError):
-                        head = os.lstat(path + HEAD_SUFFIX).st_size
-                    packages.append((max(st.st_atime, st.st_mtime), st.st_size + head, path))
+                if name.endswith(HEAD_SUFFIX):
+                    continue  # counted here, removed with its file
+                head = 0
+                with contextlib.suppress(OSError):
+                    head = os.lstat(path + HEAD_SUFFIX).st_size
+                cached.append((max(st.st_atime, st.st_mtime), st.st_size + head, path))
         if total <= max_bytes:
             return Trimmed(size_before=total)
-        packages.sort()
+        cached.sort()
         goal, removed, count = total - int(max_bytes * TRIM_TO), 0, 0
-        for _used, size, path in packages:
+        for _used, size, path in cached:
             if removed >= goal:
                 break
-            for doomed in (path, path + HEAD_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(doomed)
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            except OSError:
+                continue  # e.g. a file another user made read-only to us
+            with contextlib.suppress(OSError):
+                os.unlink(path + HEAD_SUFFIX)
             removed += size
             count += 1
         return Trimmed(size_before=total, files=count, removed=removed)

@@ -459,7 +459,7 @@ def snapshot_shape(
         "host": platform.node(),
         "accel": accel,
         "cpu": cpu_model(accel),
-        "kernel_flags": emulation_kernel_flags(accel),
+        "emulation_kernel_flags": emulation_kernel_flags(accel),
         "memory_mib": memory_mib,
         "cpus": cpus,
         "network": network,
