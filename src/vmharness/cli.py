@@ -74,8 +74,9 @@ def _at_least(minimum: int):
 EPILOG = """exit codes: 0 every run passed, 1 some run did not pass, 2 usage or spec error,
 3 infrastructure error (no run could be done), 130 interrupted (Ctrl-C), 143 stopped by
 SIGTERM (after either, `vmharness resume RUNDIR` finishes the runs).
-environment: VMHARNESS_CACHE (image cache, default ~/.cache/vmharness),
-VMHARNESS_ACCEL (kvm|tcg|auto, default auto: KVM only if a probe VM boots under it)."""
+environment: VMHARNESS_CACHE (images, snapshots and the package cache, default
+~/.cache/vmharness), VMHARNESS_ACCEL (kvm|tcg|auto, default auto: KVM only if a probe VM boots
+under it), VMHARNESS_PACKAGE_CACHE_MAX (the package cache's size limit, default 10G)."""
 
 
 def _spec_args(p: argparse.ArgumentParser) -> None:
@@ -124,7 +125,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
         "--package-proxy",
         default="auto",
         metavar="URL|auto|none",
-        help="HTTP proxy apt in the guests fetches through. auto (default): vmharness's own "
+        help="HTTP proxy apt (and dnf, for http:// repositories) in the guests fetches "
+        "through. auto (default): vmharness's own "
         "apt-cacher-ng, its cache in the image cache folder (package-cache/), started for the "
         "runs that install packages; none: straight from the mirrors; a URL: that proxy, as "
         "the guest reaches it (the host is 10.0.2.2)",
@@ -394,8 +396,11 @@ def _run_here(folder, args: argparse.Namespace, previous: ReportInput | None) ->
 # run, resume, rerun and report hold their run folder (RunFolder exclusive=True) from before
 # they read it until they end: a second vmharness on it is refused and told who has it.
 def cmd_run(args: argparse.Namespace) -> int:
+    from .engine.local import check_package_cache_limit
+
     spec, runs = _load(args, need_images=True, here=True)
     previous = _previous(args)
+    check_package_cache_limit(args.package_proxy, args.package_cache_max, runs)
     with RunFolder.create(spec, runs, args.out, backend="local", exclusive=True) as folder:
         return _run_here(folder, args, previous)
 

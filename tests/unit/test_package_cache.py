@@ -13,6 +13,8 @@ import io
 import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tomllib
@@ -22,6 +24,7 @@ from types import ModuleType
 
 import pytest
 from aptrepo import make_deb
+from conftest import cli_env
 
 from vmharness.engine.attempt import conditions_for
 from vmharness.engine.local import package_cache_limit
@@ -364,6 +367,28 @@ def test_a_bad_cache_limit_stops_only_runs_that_use_the_cache(
         assert local._package_proxy(given, None, runs, cache, console, stack) == given
         with pytest.raises(SpecError, match="VMHARNESS_PACKAGE_CACHE_MAX"):
             local._package_proxy("auto", None, runs, cache, console, stack)
+
+
+def test_run_refuses_a_bad_cache_limit_before_making_its_folder(tmp_path: Path) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(
+        "platforms: [debian-12]\nsources: [{label: s, repos: [main]}]\n"
+        "package_sets: [{label: c, packages: [curl]}]\n"
+        "vm: {network: user}\ntest: {command: 'true'}\n"
+    )
+    out = tmp_path / "out"
+    argv = [sys.executable, "-m", "vmharness.cli", "run", str(spec), "--out", str(out)]
+    proc = subprocess.run(
+        [*argv, "--package-cache-max", "lots"], env=cli_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--package-cache-max" in proc.stderr and "'lots'" in proc.stderr
+    assert not out.exists()  # nothing made: the same command, corrected, can run
+    proc = subprocess.run(
+        argv, env=cli_env(VMHARNESS_PACKAGE_CACHE_MAX="x"), capture_output=True, text=True
+    )
+    assert proc.returncode == 2 and "$VMHARNESS_PACKAGE_CACHE_MAX" in proc.stderr
+    assert not out.exists()
 
 
 @pytest.mark.skipif(not shutil.which("apt-cacher-ng"), reason="apt-cacher-ng not installed")

@@ -338,6 +338,12 @@ def package_cache_limit(given: str | None) -> int:
     return parse_size_mib(text, field=field) * MIB
 
 
+def check_package_cache_limit(choice: str, max_given: str | None, runs: list[Run]) -> None:
+    """Refuse a bad cache limit before anything is made, if these runs would use the cache."""
+    if choice == AUTO_PROXY and any(fetches_packages(run) for run in runs):
+        package_cache_limit(max_given)
+
+
 def _package_proxy(
     choice: str,
     max_given: str | None,
